@@ -1,0 +1,1 @@
+"""Shards: writing, reading, decoding, and the policy for corrupt data."""
