@@ -104,8 +104,9 @@ class PluginHost:
                 raise VggtkError(f"unknown registry kind {kind!r}; known: {', '.join(REGISTRY_HOOKS)}")
             registry = Registry(kind)
             hook = getattr(self.pm.hook, REGISTRY_HOOKS[kind])
-            # Call each implementation on its own so every entry knows its plugin.
-            for impl in reversed(hook.get_hookimpls()):
+            # Call each implementation on its own, in registration order (built-ins first), so every
+            # entry knows its plugin and a clash names the newcomer second.
+            for impl in hook.get_hookimpls():
                 impl.function(register=partial(registry.add, plugin=impl.plugin_name))
             self._registries[kind] = registry
         return self._registries[kind]
