@@ -105,7 +105,7 @@ class VGG(nn.Module):
         dropout: dropout probability on FC6 and FC7.
         init: "paper" (weights ~ N(0, init_std^2), biases 0; the paper states a variance of 1e-2,
             so init_std defaults to 0.1), "glorot" (Glorot & Bengio uniform, biases 0) or
-            "kaiming" (He normal for convs, for training deep configs from scratch).
+            "kaiming" (He normal, fan-in; for training deep configs or narrow nets from scratch).
     """
 
     def __init__(self, config: str = "D", num_classes: int = 1000, in_chans: int = 3, width: float = 1.0,
@@ -152,14 +152,14 @@ class VGG(nn.Module):
                     nn.init.normal_(m.weight, 0.0, init_std)
                 elif init == "glorot":
                     nn.init.xavier_uniform_(m.weight)
-                elif isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                else:
-                    nn.init.normal_(m.weight, 0.0, 0.01)
+                else:  # He et al.: keeps activations at unit scale through every ReLU layer at any width
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if init == "kaiming":  # logits start near zero, so the first steps are not spent unlearning noise
+            nn.init.normal_(self.classifier.fc8.weight, 0.0, 0.01)
 
     # --- forms of the classifier -------------------------------------------------------------
     def to_fully_conv(self) -> "VGG":

@@ -1,0 +1,124 @@
+"""The training loop's promises: DDP equals one process, a killed run resumes exactly, a
+diverging run stops naming the step. All on real Fashion-MNIST images, on the CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from realdata import fashion_sample
+from vgg_toolkit.batches import InMemorySource
+from vgg_toolkit.checkpoint import complete_checkpoints, latest_checkpoint
+from vgg_toolkit.engine import NonFiniteError, TrainConfig, train
+
+JOB = Path(__file__).parent / "jobs" / "train_job.py"
+
+
+def run_job(run_dir, *args, launcher=(), timeout=300):
+    cmd = [sys.executable, *launcher, str(JOB), str(run_dir), *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def weights(ckpt):
+    return load_file(str(Path(ckpt) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted single-process run: 2 epochs of 8 steps, a checkpoint every 2 steps."""
+    run = tmp_path_factory.mktemp("reference")
+    run_job(run, "--checkpoint-every", "2")
+    return run
+
+
+def test_ddp_on_two_gloo_processes_equals_one_process(reference, tmp_path):
+    free_port = str(29400 + os.getpid() % 500)
+    events = run_job(tmp_path, "--checkpoint-every", "2",
+                     launcher=("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port))
+    assert [e["event"] for e in events] == ["end", "end"]  # both ranks finished
+    single, ddp = weights(reference / "ckpt-000000016"), weights(tmp_path / "ckpt-000000016")
+    moved = max((single[k] - weights(reference / "ckpt-000000002")[k]).abs().max().item() for k in single)
+    assert moved > 1e-3  # the weights really changed, so agreement means something
+    # Same global batches, gradients averaged over ranks: equal up to float summation order.
+    for k in single:
+        torch.testing.assert_close(ddp[k], single[k], rtol=0, atol=1e-6)
+
+
+def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(reference, tmp_path):
+    cmd = [sys.executable, str(JOB), str(tmp_path), "--checkpoint-every", "2", "--slow", "0.25"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "ckpt-000000006").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    last = latest_checkpoint(tmp_path)
+    state = json.loads((last / "state.json").read_text())
+    assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 8  # really mid-epoch
+    events = run_job(tmp_path, "--checkpoint-every", "2")
+    assert events[0]["event"] == "resumed" and events[0]["step"] == state["step"]
+    resumed, straight = weights(tmp_path / "ckpt-000000016"), weights(reference / "ckpt-000000016")
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
+
+
+def test_gradient_accumulation_matches_the_full_batch(reference, tmp_path):
+    run_job(tmp_path, "--accum-steps", "4")
+    straight, accumulated = weights(reference / "ckpt-000000016"), weights(tmp_path / "ckpt-000000016")
+    for k in straight:
+        torch.testing.assert_close(accumulated[k], straight[k], rtol=0, atol=1e-6)
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    (x, y), (vx, vy) = fashion_sample(256), fashion_sample(64, split="test")
+    source = InMemorySource((x, y), (vx, vy), num_classes=10, mean=[x.float().mean().item()])
+    config = TrainConfig(arch="vgg-a", model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32, init="kaiming"),
+                         epochs=3, batch_size=32, lr=1e9, log_every=1)
+    with pytest.raises(NonFiniteError, match=r"non-finite loss or gradient at step \d+") as err:
+        train(config, source, tmp_path)
+    assert "no checkpoint was written yet" in str(err.value)
+    assert complete_checkpoints(tmp_path) == []
+
+
+class PoisonedSource(InMemorySource):
+    """Real data whose normalised batch turns infinite at one chosen training call."""
+
+    def __init__(self, *args, poison_at, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.poison_at = 0, poison_at
+
+    def normalize(self, images):
+        out = super().normalize(images)
+        if images.shape[0] == 32:  # training micro-batches; validation batches are larger
+            self.calls += 1
+            if self.calls == self.poison_at:
+                out = out * float("inf")
+        return out
+
+
+def test_divergence_after_a_checkpoint_names_the_step_and_keeps_that_checkpoint(tmp_path):
+    (x, y), (vx, vy) = fashion_sample(256), fashion_sample(64, split="test")
+    source = PoisonedSource((x, y), (vx, vy), num_classes=10, mean=[x.float().mean().item()], poison_at=5)
+    config = TrainConfig(arch="vgg-a", model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32, init="kaiming"),
+                         epochs=2, batch_size=32, log_every=1, checkpoint_every=2)
+    with pytest.raises(NonFiniteError, match=r"at step 5: training stopped; last good checkpoint: .*ckpt-000000004"):
+        train(config, source, tmp_path)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["ckpt-000000002", "ckpt-000000004"]
+
+
+def test_bad_batch_split_is_a_clear_error(tmp_path):
+    (x, y), (vx, vy) = fashion_sample(256), fashion_sample(64, split="test")
+    source = InMemorySource((x, y), (vx, vy), num_classes=10, mean=[0.0])
+    config = TrainConfig(model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32), batch_size=30, accum_steps=4)
+    with pytest.raises(Exception, match="global batch 30 does not split into 1 rank"):
+        train(config, source, tmp_path)
