@@ -122,3 +122,28 @@ def test_bad_batch_split_is_a_clear_error(tmp_path):
     config = TrainConfig(model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32), batch_size=30, accum_steps=4)
     with pytest.raises(Exception, match="global batch 30 does not split into 1 rank"):
         train(config, source, tmp_path)
+
+
+def test_init_from_a_copies_the_first_four_convs_and_the_fcs_into_d(tmp_path):
+    from vgg_toolkit import create_model, save_weights
+    from vgg_toolkit.engine import initialise_from
+
+    kw = dict(num_classes=10, width=1 / 8, fc_dim=32, input_size=32, init="kaiming")
+    torch.manual_seed(1)
+    a = create_model("vgg-a", **kw)
+    save_weights(a, tmp_path / "a.safetensors")
+    torch.manual_seed(2)
+    d = create_model("vgg-d", **kw)
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    copied = initialise_from(d, tmp_path / "a.safetensors")
+    expected = ["classifier.fc6", "classifier.fc7", "classifier.fc8", "features.block1.conv1",
+                "features.block2.conv1", "features.block3.conv1", "features.block3.conv2"]
+    assert copied == expected
+    for key, value in d.state_dict().items():
+        layer = key.rsplit(".", 1)[0]
+        if layer in expected:
+            assert torch.equal(value, a.state_dict()[key]), key
+        else:
+            assert torch.equal(value, before[key]), key  # the rest keeps its random init
+    with pytest.raises(Exception, match="cannot initialise vgg-d from vgg-a"):
+        initialise_from(create_model("vgg-d", **{**kw, "width": 1 / 4}), tmp_path / "a.safetensors")

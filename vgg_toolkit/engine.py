@@ -21,6 +21,7 @@ from .errors import VggtkError
 from .models import create_model, prepare_model
 from .schedule import PlateauSchedule
 from .seeding import derived_seed
+from .weights import load_weights, read_arch, read_tensors
 
 
 @dataclass
@@ -44,6 +45,7 @@ class TrainConfig:
     device: str = "auto"
     conv_backend: str = "auto"
     compile: bool = False
+    init_from: str | None = None  # checkpoint dir or weights file: fine-tune, or the paper's A -> deeper copy
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -148,6 +150,9 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
         state = load_checkpoint(ckpt, model, optimizer)
         schedule = PlateauSchedule.from_state(state["schedule"])
         on_event("resumed", {"checkpoint": str(ckpt), **_public(state)})
+    elif config.init_from:
+        copied = initialise_from(model, config.init_from)
+        on_event("initialised", {"source": config.init_from, "copied": copied})
     model = prepare_model(model, device, conv_backend=config.conv_backend)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -235,6 +240,35 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
                "checkpoint": str(latest_checkpoint(run_dir)) if env.is_main else None}
     on_event("end", summary)
     return summary
+
+
+def initialise_from(model: nn.Module, source: str | Path) -> list[str]:
+    """Copy weights from a trained net into ``model`` as the paper does (Sec. 3.1).
+
+    Same architecture: every tensor (fine-tuning, e.g. S=384 from S=256). A shallower net into a
+    deeper one (A into B..E): its first four conv layers and its three FC layers, each into the layer
+    of the same name (block1.conv1, block2.conv1, block3.conv1, block3.conv2, fc6, fc7, fc8); the
+    rest keeps its random init. Returns the names of the layers copied.
+    """
+    path = Path(source)
+    weights_file = path / "model.safetensors" if path.is_dir() else path
+    arch = read_arch(weights_file)
+    ours = model.state_dict()
+    tensors = read_tensors(weights_file)
+    if arch is not None and getattr(model, "vggtk_arch", {}).get("name") != arch["name"]:
+        convs = [k[: -len(".weight")] for k, t in tensors.items() if k.startswith("features.") and t.ndim == 4]
+        layers = convs[:4] + [k[: -len(".weight")] for k in tensors if k.startswith("classifier.") and k.endswith(".weight")]
+        tensors = {k: t for k, t in tensors.items() if k.rsplit(".", 1)[0] in layers}
+        problems = [f"{k}: missing in {model.vggtk_arch['name']}" if k not in ours else
+                    f"{k}: {tuple(t.shape)} vs {tuple(ours[k].shape)}"
+                    for k, t in tensors.items() if k not in ours or ours[k].shape != t.shape]
+        if problems:
+            raise VggtkError(f"{weights_file}: cannot initialise {model.vggtk_arch['name']} from {arch['name']}: "
+                             + "; ".join(problems))
+        model.load_state_dict(tensors, strict=False)
+        return sorted({k.rsplit(".", 1)[0] for k in tensors})
+    load_weights(model, weights_file)
+    return sorted({k.rsplit(".", 1)[0] for k in ours if not k.endswith("num_batches_tracked")})
 
 
 def _public(state: dict) -> dict:
