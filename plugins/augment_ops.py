@@ -1,0 +1,207 @@
+"""The paper's augmentations (Sec. 3.1-3.2) as transforms on one sample: ``op(sample, generator) -> sample``.
+
+``sample["image"]`` is a uint8 (C, H, W) tensor, or a ``LazyImage`` not yet decoded: the geometric ops
+(``lazy_ok = True``) only record their geometry on it, so that the pipeline decodes and resamples
+once. Boxes (``sample["boxes"]``, float32 N x 4, x1 y1 x2 y2 in pixels) move with every geometric op.
+All randomness comes from the generator handed in; each op draws the same numbers whatever the
+image type, so the fused and the plain paths pick the same crops and flips.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vgg_toolkit.data.decode import LazyImage, add_offset, crop, hflip, image_size, resize
+from vgg_toolkit.data.errors import DataError
+
+
+def _where(sample: dict) -> tuple[str | None, str | None]:
+    img = sample.get("image")
+    if isinstance(img, LazyImage):
+        return img.shard, img.member
+    return sample.get("shard"), sample.get("key")
+
+
+def _set_boxes(sample: dict, boxes: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+    if keep is not None and not bool(keep.all()):
+        boxes = boxes[keep]
+        if "box_labels" in sample:
+            sample["box_labels"] = sample["box_labels"][keep]
+    sample["boxes"] = boxes
+
+
+class Rescale:
+    """Isotropic rescale so that the smallest side is S: fixed (``size``) or drawn per image uniformly
+    from the integers [smin, smax] (scale jittering). For testing, ``size`` is Q."""
+
+    lazy_ok = True
+
+    def __init__(self, size: int | None = None, smin: int | None = None, smax: int | None = None):
+        if size is None and (smin is None or smax is None):
+            raise ValueError("rescale: give size=S, or smin and smax for scale jittering")
+        if size is not None and size < 1 or smin is not None and (smin < 1 or smax < smin):
+            raise ValueError(f"rescale: bad scale (size={size}, smin={smin}, smax={smax})")
+        self.size, self.smin, self.smax = size, smin, smax
+
+    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+        if self.size is not None:
+            s = self.size
+        else:
+            s = int(torch.randint(self.smin, self.smax + 1, (1,), generator=generator))
+        w, h = image_size(sample["image"])
+        if w <= h:
+            nw, nh = s, max(1, round(h * s / w))
+        else:
+            nw, nh = max(1, round(w * s / h)), s
+        sample["image"] = resize(sample["image"], nw, nh)
+        if "boxes" in sample:
+            scale = torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=sample["boxes"].dtype)
+            sample["boxes"] = sample["boxes"] * scale
+        return sample
+
+
+def _crop_boxes(sample: dict, x: int, y: int, w: int, h: int) -> None:
+    if "boxes" not in sample:
+        return
+    b = sample["boxes"] - torch.tensor([x, y, x, y], dtype=sample["boxes"].dtype)
+    b[:, 0::2] = b[:, 0::2].clamp(0, w)
+    b[:, 1::2] = b[:, 1::2].clamp(0, h)
+    # A box left with no area lay outside the crop: it is dropped with its label.
+    _set_boxes(sample, b, (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
+
+
+class _Crop:
+    lazy_ok = True
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"crop size must be positive, not {size}")
+        self.size = size
+
+    def _check(self, sample: dict) -> tuple[int, int]:
+        w, h = image_size(sample["image"])
+        if w < self.size or h < self.size:
+            shard, member = _where(sample)
+            raise DataError(f"image of {w}x{h} is smaller than the {self.size}x{self.size} crop "
+                            f"(rescale first, with S >= {self.size})", shard, member, kind="image smaller than crop")
+        return w, h
+
+
+class RandomCrop(_Crop):
+    """One random ``size`` x ``size`` crop (224 in the paper; 32 for 28x28 Fashion-MNIST rescaled up)."""
+
+    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+        w, h = self._check(sample)
+        x = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
+        y = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
+        sample["image"] = crop(sample["image"], x, y, self.size, self.size)
+        _crop_boxes(sample, x, y, self.size, self.size)
+        return sample
+
+
+class CenterCrop(_Crop):
+    """The central ``size`` x ``size`` crop (single-crop testing)."""
+
+    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+        w, h = self._check(sample)
+        x, y = (w - self.size) // 2, (h - self.size) // 2
+        sample["image"] = crop(sample["image"], x, y, self.size, self.size)
+        _crop_boxes(sample, x, y, self.size, self.size)
+        return sample
+
+
+class RandomFlip:
+    """Horizontal flip with probability ``p``."""
+
+    lazy_ok = True
+
+    def __init__(self, p: float = 0.5):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"flip probability must lie in [0, 1], not {p}")
+        self.p = p
+
+    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+        if float(torch.rand((), generator=generator)) < self.p:
+            w, _ = image_size(sample["image"])
+            sample["image"] = hflip(sample["image"])
+            if "boxes" in sample:
+                b = sample["boxes"].clone()
+                b[:, 0], b[:, 2] = w - sample["boxes"][:, 2], w - sample["boxes"][:, 0]
+                sample["boxes"] = b
+        return sample
+
+
+class ColorShift:
+    """Krizhevsky's PCA colour shift: add ``eigvec @ (alpha * eigval)`` to every pixel, alpha ~ N(0, alphastd^2)
+    drawn once per image. ``eigval``/``eigvec`` are those of the training set's RGB covariance in [0, 1]
+    units (the manifest's ``stats``); the shift is applied in 0-255 units, rounded to whole levels and
+    saturated, so the image stays uint8. A 1-channel image gets the mean of the three channel shifts
+    (for greyscale data the statistics are those of the grey value repeated, so the three are equal).
+    On an undecoded image the shift is applied after decoding and resampling, as a lookup table."""
+
+    lazy_ok = True
+
+    def __init__(self, eigval, eigvec, alphastd: float = 0.1):
+        self.eigval = torch.as_tensor(eigval, dtype=torch.float64).reshape(3)
+        self.eigvec = torch.as_tensor(eigvec, dtype=torch.float64).reshape(3, 3)
+        self.alphastd = float(alphastd)
+
+    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+        alpha = torch.randn(3, generator=generator, dtype=torch.float64) * self.alphastd
+        shift = (self.eigvec @ (alpha * self.eigval)) * 255.0
+        img = sample["image"]
+        channels = img.num_channels if isinstance(img, LazyImage) else img.shape[0]
+        if channels == 1:
+            shift = shift.mean().reshape(1)
+        if isinstance(img, LazyImage) or img.dtype == torch.uint8:
+            sample["image"] = add_offset(img, shift.round().to(torch.int64).tolist())
+        else:
+            sample["image"] = img + shift.to(img.dtype).view(-1, 1, 1)
+        return sample
+
+
+class SubtractMean:
+    """Subtract the training set's mean RGB (``mean`` in 0-255 units): the image becomes float32.
+    Training hands uint8 batches to the device instead and subtracts there (``normalize_on_device``)."""
+
+    lazy_ok = False
+
+    def __init__(self, mean):
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+
+    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+        img = sample["image"].float()
+        mean = self.mean if img.shape[0] == self.mean.numel() else self.mean.mean().reshape(1)
+        sample["image"] = img - mean.view(-1, 1, 1)
+        return sample
+
+
+class Channels:
+    """Make a greyscale image 3-channel (the grey value repeated), or an RGB one 1-channel (ITU-R 601 luma)."""
+
+    lazy_ok = False
+
+    def __init__(self, channels: int = 3):
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {channels}")
+        self.channels = channels
+
+    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+        img = sample["image"]
+        if img.shape[0] == self.channels:
+            return sample
+        if self.channels == 3:
+            sample["image"] = img.expand(3, -1, -1).contiguous()
+        else:
+            luma = (img.float() * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+            sample["image"] = luma.round().clamp(0, 255).to(img.dtype) if img.dtype == torch.uint8 else luma
+        return sample
+
+
+class Identity:
+    """Leave the image whole (dense testing runs the fully-convolutional net on the uncropped image)."""
+
+    lazy_ok = True
+
+    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+        return sample

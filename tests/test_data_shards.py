@@ -1,0 +1,172 @@
+"""Writing shards: bit-exact round trips on real images, reproducible builds, the bundled demo data."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vgg_toolkit.data.create import create_shards
+from vgg_toolkit.data.manifest import Manifest, sha256_file
+from vgg_toolkit.data.reader import iter_raw, parse_sample, resolve_source
+from vgg_toolkit.data.records import quantize_boxes
+from vgg_toolkit.data.sources import FASHION_MNIST_ROOT, fashion_mnist, image_folder, image_list, read_idx
+
+REPO = Path(__file__).resolve().parents[1]
+SHARDS = REPO / "shards"
+LABELME = Path("/usr/share/doc/labelme-examples/examples")  # Debian package labelme-examples
+needs_labelme = pytest.mark.skipif(not LABELME.is_dir(), reason="Debian package labelme-examples not installed")
+needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(),
+                                  reason="Debian package dataset-fashion-mnist not installed")
+
+
+def voc_photos_csv(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """A CSV list of the real VOC photos in labelme-examples with their real boxes."""
+    rows = []
+    for path in sorted((LABELME / "bbox_detection/data_annotated").glob("*.json")):
+        meta = json.loads(path.read_text())
+        boxes = [[min(p[0] for p in s["points"]), min(p[1] for p in s["points"]),
+                  max(p[0] for p in s["points"]), max(p[1] for p in s["points"])] for s in meta["shapes"]]
+        rows.append({"path": str(path.with_suffix(".jpg")), "label": meta["shapes"][0]["label"],
+                     "boxes": json.dumps(boxes), "box_labels": json.dumps([s["label"] for s in meta["shapes"]])})
+    listing = tmp_path / "list.csv"
+    with open(listing, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "boxes", "box_labels"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return listing, rows
+
+
+def read_all(manifest: Manifest) -> dict:
+    out = {}
+    for split in manifest.splits:
+        for path in manifest.shard_paths(split):
+            for raw in iter_raw(str(path)):
+                out[raw["__key__"]] = (split, raw, parse_sample(raw, manifest.num_classes))
+    return out
+
+
+@needs_labelme
+def test_round_trip_keeps_jpeg_bytes_labels_and_boxes_exactly(tmp_path):
+    listing, rows = voc_photos_csv(tmp_path)
+    source = image_list(listing)
+    manifest = create_shards(source, tmp_path / "out", samples_per_shard=2, splits={"train": 1.0}, workers=2)
+    got = read_all(manifest)
+    assert len(got) == len(rows) == 3
+    for ref in source.refs:
+        split, raw, sample = got[ref.key]
+        original = Path(ref.path).read_bytes()
+        assert raw["jpg"] == original  # the JPEG is stored untouched
+        decoded = sample["image"].materialize()
+        expected = torch.from_numpy(np.array(Image.open(ref.path).convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(decoded, expected)
+        assert source.classes[sample["label"]] == source.classes[ref.label]
+        want = torch.tensor(quantize_boxes(ref.boxes), dtype=torch.float32)
+        assert torch.equal(sample["boxes"], want)
+        assert (sample["boxes"] - torch.tensor(ref.boxes)).abs().max() < 1e-4
+        assert sample["box_labels"].tolist() == list(ref.box_labels)
+    assert len(manifest.splits["train"]) == 2  # 2 samples per shard
+
+
+@needs_fmnist
+def test_bundled_fashion_mnist_pixels_equal_the_packaged_idx_files():
+    manifest = Manifest.load(SHARDS / "fashion-mnist")
+    train_x = read_idx(Path(FASHION_MNIST_ROOT) / "train-images-idx3-ubyte.gz")
+    train_y = read_idx(Path(FASHION_MNIST_ROOT) / "train-labels-idx1-ubyte.gz")
+    test_x = read_idx(Path(FASHION_MNIST_ROOT) / "t10k-images-idx3-ubyte.gz")
+    checked = 0
+    for split in ("val", "test"):
+        for raw in iter_raw(str(manifest.shard_paths(split)[0])):
+            sample = parse_sample(raw, 10)
+            kind, index = raw["__key__"].split("_")[1:]
+            pixels = (train_x if kind == "train" else test_x)[int(index)]
+            assert torch.equal(sample["image"].materialize()[0], torch.from_numpy(pixels.copy()))
+            if kind == "train":
+                assert sample["label"] == train_y[int(index)]
+            checked += 1
+    assert checked == 4000
+
+
+def test_bundled_shards_match_their_manifests_and_stay_small():
+    total = 0
+    for name in ("fashion-mnist", "localisation"):
+        manifest = Manifest.load(SHARDS / name)
+        for split in manifest.splits:
+            for info in manifest.split(split):
+                path = manifest.root / info.name
+                assert sha256_file(path) == info.sha256
+                total += path.stat().st_size
+        assert (SHARDS / name / "manifest.json").exists()
+    assert total < 15 * 2**20
+    fm = Manifest.load(SHARDS / "fashion-mnist")
+    assert {s: fm.samples(s) for s in fm.splits} == {"train": 12000, "val": 2000, "test": 2000}
+    assert fm.channels == 1 and fm.num_classes == 10
+    loc = Manifest.load(SHARDS / "localisation")
+    assert loc.samples("train") >= 200 and "licence" in loc.extra
+
+
+def test_bundled_localisation_boxes_lie_inside_their_images():
+    manifest = Manifest.load(SHARDS / "localisation")
+    samples = read_all(manifest)
+    photos = 0
+    for key, (split, raw, sample) in samples.items():
+        w, h = sample["image"].size
+        boxes = sample["boxes"]
+        assert len(boxes) >= 1
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+        assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        photos += key.startswith("photo_")
+        if key.startswith("loc_"):
+            assert len(boxes) == 1 and sample["box_labels"].tolist() == [sample["label"]]
+    assert photos >= 3
+
+
+@needs_fmnist
+def test_rebuild_is_byte_identical_and_stats_are_the_training_pixels(tmp_path):
+    source = fashion_mnist(train=100, val=20, test=20, seed=3)
+    a = create_shards(source, tmp_path / "a", samples_per_shard=40, workers=2)
+    b = create_shards(fashion_mnist(train=100, val=20, test=20, seed=3), tmp_path / "b", samples_per_shard=40,
+                      workers=1)
+    assert [s.sha256 for s in a.splits["train"]] == [s.sha256 for s in b.splits["train"]]
+    assert (tmp_path / "a/manifest.json").read_bytes() == (tmp_path / "b/manifest.json").read_bytes()
+    assert [s.samples for s in a.splits["train"]] == [40, 40, 20]
+    assert all(s.name.endswith(".tar.gz") for s in a.splits["train"])  # PNG shards are gzipped by default
+    pixels = np.stack([r.pixels for r in source.refs if r.split == "train"]).astype(np.float64) / 255
+    assert a.stats.mean_rgb == pytest.approx([pixels.mean()] * 3, abs=1e-12)
+    assert a.stats.eigval[0] == pytest.approx(3 * pixels.var(), rel=1e-9)
+
+
+@needs_labelme
+def test_image_folder_with_bytes_per_shard_and_split_fractions(tmp_path):
+    photos = sorted({p.name: p for p in LABELME.rglob("data_annotated/*.jpg")}.values())
+    for i, path in enumerate(photos):
+        cls = tmp_path / "src" / ("cat" if i % 2 else "dog")
+        cls.mkdir(parents=True, exist_ok=True)
+        (cls / path.name).write_bytes(path.read_bytes())
+    source = image_folder(tmp_path / "src")
+    assert source.classes == ["cat", "dog"]
+    manifest = create_shards(source, tmp_path / "out", bytes_per_shard=150_000,
+                             splits={"train": 0.5, "val": 0.5}, seed=1)
+    assert manifest.samples("train") + manifest.samples("val") == len(photos)
+    for info in manifest.splits["train"]:
+        assert info.name.endswith(".tar")  # JPEG shards stay plain tar
+    assert len(manifest.splits["train"]) > 1
+    refs, _ = resolve_source(str(tmp_path / "out" / f"train-{{000000..{len(manifest.splits['train']) - 1:06d}}}.tar"))
+    assert sum(r.samples for r in refs) == manifest.samples("train")
+    assert all(r.sha256 for r in refs)  # matched with the manifest beside them
+
+
+def test_json_list_with_class_names(tmp_path):
+    fm = Manifest.load(SHARDS / "fashion-mnist")
+    raw = next(iter_raw(str(fm.shard_paths("val")[0])))
+    (tmp_path / "a.png").write_bytes(raw["png"])
+    listing = tmp_path / "list.json"
+    listing.write_text(json.dumps({"classes": ["x", "y"], "samples": [
+        {"path": "a.png", "label": "y", "boxes": [[1, 2, 10, 20.5]]}]}))
+    source = image_list(listing)
+    record = source.refs[0].load()
+    assert record.label == 1 and record.boxes == [[1.0, 2.0, 10.0, 20.5]] and record.image == raw["png"]

@@ -1,0 +1,58 @@
+"""One sample as it is stored in a shard: key, encoded image, label, optional boxes."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IMAGE_EXTS = ("jpg", "jpeg", "png")
+_KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def quantize_boxes(boxes) -> list[list[float]]:
+    """Round box coordinates to the nearest float32, so the float32 tensors the reader hands out equal
+    what the shard stores, bit for bit (the rounding moves a coordinate by under 1e-4 px below 2048)."""
+    return [[float(np.float32(v)) for v in box] for box in boxes]
+
+
+def safe_key(text: str) -> str:
+    """A WebDataset key: the reader splits member names at the first dot, so keys hold none (nor slashes)."""
+    return re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_") or "sample"
+
+
+@dataclass
+class Record:
+    key: str
+    image: bytes
+    ext: str  # "png" or "jpg"
+    label: int
+    boxes: list[list[float]] | None = None  # x1, y1, x2, y2 in pixels of the stored image
+    box_labels: list[int] | None = None
+    meta: dict = field(default_factory=dict)  # extra JSON fields (for example the source file)
+
+    def __post_init__(self):
+        if not _KEY_OK.match(self.key):
+            raise ValueError(f"sample key {self.key!r} may hold only letters, digits, '_' and '-'")
+        self.ext = "jpg" if self.ext.lower() == "jpeg" else self.ext.lower()
+        if self.ext not in IMAGE_EXTS:
+            raise ValueError(f"{self.key}: image extension {self.ext!r} is not one of {', '.join(IMAGE_EXTS)}")
+        if self.boxes is not None:
+            self.boxes = quantize_boxes(self.boxes)
+            if self.box_labels is None:
+                self.box_labels = [self.label] * len(self.boxes)
+            if len(self.box_labels) != len(self.boxes):
+                raise ValueError(f"{self.key}: {len(self.boxes)} boxes but {len(self.box_labels)} box labels")
+
+    def members(self) -> list[tuple[str, bytes]]:
+        """The tar members of this sample, in the order they are written."""
+        out = [(f"{self.key}.{self.ext}", self.image), (f"{self.key}.cls", str(int(self.label)).encode())]
+        if self.boxes is not None or self.meta:
+            body = dict(self.meta)
+            if self.boxes is not None:
+                body["boxes"] = self.boxes
+                body["labels"] = [int(v) for v in self.box_labels]
+            out.append((f"{self.key}.json", json.dumps(body, sort_keys=True).encode()))
+        return out
