@@ -1,26 +1,28 @@
-"""Real images for tests: Fashion-MNIST samples, padded from 28x28 to 32x32, as uint8 tensors."""
+"""Real images for tests: Fashion-MNIST samples from the bundled shards, padded from 28x28 to
+32x32, as uint8 tensors (N, 1, 32, 32) with int64 labels."""
 
 import functools
-import gzip
 from pathlib import Path
 
-import numpy as np
 import torch
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+from vgg_toolkit.data.loader import make_loader
 
-
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path) as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+FASHION_SHARDS = Path(__file__).resolve().parents[1] / "shards" / "fashion-mnist"
 
 
 @functools.lru_cache(maxsize=None)
 def fashion_sample(n: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    prefix = "train" if split == "train" else "t10k"
-    images = torch.from_numpy(_idx(FASHION / f"{prefix}-images-idx3-ubyte.gz")[:n].copy())[:, None]
-    labels = torch.from_numpy(_idx(FASHION / f"{prefix}-labels-idx1-ubyte.gz")[:n].astype(np.int64))
+    loader = make_loader(FASHION_SHARDS, split, batch_size=min(n, 1000), augment="none", shuffle=False,
+                         drop_last=False)
+    images, labels, taken = [], [], 0
+    for x, y in loader:
+        images.append(x)
+        labels.append(y)
+        taken += len(y)
+        if taken >= n:
+            break
+    images, labels = torch.cat(images)[:n], torch.cat(labels)[:n]
+    if len(labels) < n:
+        raise ValueError(f"{FASHION_SHARDS} split {split!r} holds only {len(labels)} samples, not {n}")
     return torch.nn.functional.pad(images, (2, 2, 2, 2)), labels

@@ -11,6 +11,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .data.loader import normalize_on_device
+from .data.reader import sample_generator
 from .distributed import DistEnv
 from .errors import VggtkError
 from .seeding import derived_seed
@@ -22,16 +24,19 @@ class InMemorySource:
     """Train and validation images held as uint8 NCHW tensors.
 
     ``train_transform(sample, generator)`` augments one sample (``image`` uint8 CHW, ``label``,
-    ``key``); its generator is seeded from (seed, epoch, sample index) so the same sample gets the
-    same crop, flip and colour shift whatever the rank count or resume point. ``val_transform`` is
+    ``key``); its generator is seeded from (seed, epoch, sample key), as in the streaming reader, so
+    the same sample gets the same crop, flip and colour shift whatever the rank count, resume point
+    or reader. ``keys`` default to the sample's index. ``val_transform`` is
     applied once, up front. Normalisation (mean subtraction, scaling to [0, 1] units) happens on the
     device, on whole batches.
     """
 
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                  num_classes: int, mean: list[float], train_transform: Transform | None = None,
-                 val_transform: Transform | None = None, seed: int = 0, class_names: list[str] | None = None):
+                 val_transform: Transform | None = None, seed: int = 0, class_names: list[str] | None = None,
+                 keys: list[str] | None = None):
         self.train_images, self.train_labels = train
+        self.keys = keys if keys is not None else [str(i) for i in range(len(self.train_labels))]
         self.num_classes, self.seed, self.class_names = num_classes, seed, class_names
         self.train_transform = train_transform
         for name, labels in (("train", train[1]), ("val", val[1])):
@@ -39,18 +44,18 @@ class InMemorySource:
                 raise VggtkError(f"{name} labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
         self.val_images = self._apply(val_transform, val[0], val[1], epoch=-1) if val_transform else val[0]
         self.val_labels = val[1]
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean = list(mean)
 
     def _apply(self, transform: Transform, images: torch.Tensor, labels: torch.Tensor, epoch: int,
                index: torch.Tensor | None = None) -> torch.Tensor:
-        index = torch.arange(len(images)) if index is None else index
+        keys = [str(i) for i in range(len(images))] if index is None else [self.keys[i] for i in index.tolist()]
         out = []
-        for image, label, i in zip(images, labels, index.tolist()):
-            generator = torch.Generator().manual_seed(derived_seed(self.seed, "sample", epoch, i))
-            out.append(transform({"image": image, "label": int(label), "key": str(i)}, generator)["image"])
+        for image, label, key in zip(images, labels, keys):
+            sample = {"image": image, "label": int(label), "key": key}
+            out.append(transform(sample, sample_generator(self.seed, epoch, key))["image"])
         return torch.stack(out)
 
-    def num_batches(self, global_batch: int) -> int:
+    def num_batches(self, global_batch: int, env: DistEnv | None = None, micro_batch: int | None = None) -> int:
         return len(self.train_images) // global_batch  # the last partial batch is dropped
 
     def train_batches(self, epoch: int, start: int, env: DistEnv, global_batch: int,
@@ -72,4 +77,4 @@ class InMemorySource:
             yield self.val_images[i:i + batch_size], self.val_labels[i:i + batch_size]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean.to(images.device)) / 255.0
+        return normalize_on_device(images, self.mean)

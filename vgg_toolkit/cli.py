@@ -110,16 +110,6 @@ def _not_yet(tracked_in: str, what: str):
     raise VggtkError(f"`vggtk {what}` is not implemented yet (tracked in {tracked_in})")
 
 
-def train():
-    """Train a network with the paper's recipe (scale jittering, SGD, lr drops)."""
-    _not_yet("issue #4", "train")
-
-
-def evaluate():
-    """Evaluate with the paper's protocols: centre, dense, multi-crop, combined; multi-scale; ensembles."""
-    _not_yet("issue #5", "eval")
-
-
 def extract_features():
     """Extract the paper's transfer descriptors (dense FC7, pooled, flipped, L2-normed)."""
     _not_yet("the transfer-features issue", "extract-features")
@@ -135,9 +125,15 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
     )
     app.callback()(_root)
-    for command in (models, plugins, convert, train):
+    from .cli_shards import app as shards_app
+    from .cli_eval import eval_command
+    from .cli_train import train_command
+
+    for command in (models, plugins, convert):
         app.command()(command)
-    app.command(name="eval")(evaluate)
+    app.command(name="train")(train_command)
+    app.add_typer(shards_app, name="shards", help="Create, inspect and verify WebDataset shards.")
+    app.command(name="eval")(eval_command)
     app.command(name="extract-features")(extract_features)
     get_host().pm.hook.vggtk_register_commands(app=app)
     return app

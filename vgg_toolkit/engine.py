@@ -45,6 +45,8 @@ class TrainConfig:
     device: str = "auto"
     conv_backend: str = "auto"
     compile: bool = False
+    classes: list | None = None  # class names, recorded so evaluation can check ensembles agree
+    train_scale: list | None = None  # [S] or [Smin, Smax]: applied by the data pipeline, recorded for eval
     init_from: str | None = None  # checkpoint dir or weights file: fine-tune, or the paper's A -> deeper copy
 
     @classmethod
@@ -61,14 +63,16 @@ class BatchSource(Protocol):
 
     num_classes: int
 
-    def num_batches(self, global_batch: int) -> int: ...
+    def num_batches(self, global_batch: int, env: DistEnv, micro_batch: int) -> int:
+        """Global batches per epoch (the same on every rank)."""
 
     def train_batches(self, epoch: int, start: int, env: DistEnv, global_batch: int,
                       micro_batch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
 
     def val_batches(self, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]: ...
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor: ...
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch on the device -> the network's float input."""
 
 
 class NonFiniteError(VggtkError):
@@ -92,14 +96,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def evaluate_top_k(model: nn.Module, source: BatchSource, device: torch.device, batch_size: int) -> dict[str, float]:
+def evaluate_top_k(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   normalize: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> dict[str, float]:
     """Top-1 / top-5 error of single centre crops on the validation split. Every rank evaluates the
     whole split, so all ranks take the same schedule decision without another collective."""
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1 correct, top5 correct, n
     with torch.no_grad(), _autocast(device):
-        for images, labels in source.val_batches(batch_size):
-            logits = model(source.normalize(images.to(device, non_blocking=True)))
+        for images, labels in batches:
+            logits = model(normalize(images.to(device, non_blocking=True)))
             labels = labels.to(device)
             top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
             hit = top == labels[:, None]
@@ -134,7 +139,7 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
     if rem or micro_batch < 1:
         raise VggtkError(f"global batch {config.batch_size} does not split into {env.world_size} rank(s) x "
                          f"{config.accum_steps} accumulation step(s)")
-    batches_per_epoch = source.num_batches(config.batch_size)
+    batches_per_epoch = source.num_batches(config.batch_size, env, micro_batch)
     if batches_per_epoch < 1:
         raise VggtkError(f"the training split holds fewer samples than one global batch of {config.batch_size}")
 
@@ -220,7 +225,7 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
             _check_finite(bad_step, running, state, run_dir)
             train_loss = all_reduce_sum(running.clone(), env)
             running.zero_()
-            val = evaluate_top_k(model, source, device, micro_batch)
+            val = evaluate_top_k(model, source.val_batches(micro_batch), source.normalize, device)
             decision = schedule.update(100 - val["top1_err"])
             record = {"epoch": state["epoch"] + 1, "train_loss": train_loss[0].item() / max(train_loss[1].item(), 1),
                       "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()},
