@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgg_toolkit.errors import VggtkError, WeightsError
+from vgg_toolkit.layers import BatchSlicedDropout
 
 # (kernel, channels) per conv, "M" per 2x2 max-pool.
 _A = [(3, 64), "M", (3, 128), "M", (3, 256), (3, 256), "M", (3, 512), (3, 512), "M", (3, 512), (3, 512), "M"]
@@ -54,10 +55,10 @@ class Classifier(nn.Module):
         self.in_channels, self.kernel = in_channels, kernel
         self.fc6 = nn.Linear(in_channels * kernel * kernel, fc_dim)
         self.relu6 = nn.ReLU(inplace=True)
-        self.drop6 = nn.Dropout(dropout)
+        self.drop6 = BatchSlicedDropout(dropout)
         self.fc7 = nn.Linear(fc_dim, fc_dim)
         self.relu7 = nn.ReLU(inplace=True)
-        self.drop7 = nn.Dropout(dropout)
+        self.drop7 = BatchSlicedDropout(dropout)
         self.fc8 = nn.Linear(fc_dim, num_classes)
         self.fully_conv = False
 
@@ -181,7 +182,8 @@ class VGG(nn.Module):
 
     def forward_features(self, x: torch.Tensor, taps: Iterable[str] = ("fc7",)) -> dict[str, torch.Tensor]:
         """Outputs at named points: ``block1``..``block5`` (after each pool), ``fc6``, ``fc7`` (after
-        ReLU, before dropout) and ``logits``. Stops as soon as the last requested tap is computed."""
+        ReLU, before dropout) and ``logits``. Asked only for conv blocks, it stops after the last
+        one requested; any FC tap runs the whole classifier."""
         wanted = frozenset(taps)
         unknown = sorted(wanted - set(TAPS))
         if unknown:

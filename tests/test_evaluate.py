@@ -16,20 +16,10 @@ from vgg_toolkit.evaluate import (
 from vgg_toolkit.metrics import topk_error
 from vgg_toolkit.plugins.eval_protocols import Dense, rescale
 
-skimage_data = pytest.importorskip("skimage.data")
+pytest.importorskip("skimage.data")
+from realdata import photo  # noqa: E402
 
 NAMES = ("astronaut", "chelsea", "coffee")
-
-
-@functools.lru_cache(maxsize=None)
-def _mean_subtracted(name: str) -> torch.Tensor:
-    rgb = torch.from_numpy(getattr(skimage_data, name)()).permute(2, 0, 1).float()
-    return rgb - rgb.mean(dim=(1, 2), keepdim=True)
-
-
-def photo(name: str, short: int) -> torch.Tensor:
-    """A real photograph as a CHW float image, smallest side ``short``, mean RGB subtracted (0-255 range)."""
-    return rescale(_mean_subtracted(name)[None], short)[0]
 
 
 def tiny(name: str = "vgg-a", seed: int = 0, num_classes: int = 10):

@@ -13,21 +13,11 @@ from vgg_toolkit.plugins.eval_protocols import (
     CenterCrop, Combined, Dense, MultiCrop, class_score_map, dense_scores, grid_positions, rescale, rescaled_size,
 )
 
-skimage_data = pytest.importorskip("skimage.data")
+pytest.importorskip("skimage.data")
+from realdata import photo  # noqa: E402
 
 VGG_NAMES = ["vgg-a", "vgg-a-lrn", "vgg-b", "vgg-c", "vgg-d", "vgg-e"]
 CROP = 64  # FC6 then sees a 2x2 map, so the FC6-as-conv path really is a 2x2 convolution
-
-
-@functools.lru_cache(maxsize=None)
-def _mean_subtracted(name: str) -> torch.Tensor:
-    rgb = torch.from_numpy(getattr(skimage_data, name)()).permute(2, 0, 1).float()
-    return rgb - rgb.mean(dim=(1, 2), keepdim=True)
-
-
-def photo(name: str, short: int) -> torch.Tensor:
-    """A real photograph as a CHW float image, smallest side ``short``, mean RGB subtracted (0-255 range)."""
-    return rescale(_mean_subtracted(name)[None], short)[0]
 
 
 def square(name: str, side: int) -> torch.Tensor:

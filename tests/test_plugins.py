@@ -75,9 +75,22 @@ def test_broken_third_party_plugin_is_reported_and_does_not_break_others(tmp_pat
     monkeypatch.syspath_prepend(str(tmp_path))
     host = PluginHost()
     err = capsys.readouterr().err
-    assert "'vggtk-broken'" in err and "ModuleNotFoundError" in err
+    assert "'vggtk-broken'" in err and "ModuleNotFoundError" in err and "continuing without it" in err
     assert host.plugins["tinynet"].error.startswith("ModuleNotFoundError")
     assert "vgg-a" in host.registry("architectures")
+
+
+def test_third_party_plugin_with_a_misspelt_hook_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
+    source = "from vgg_toolkit import hookimpl\n\n@hookimpl\ndef vggtk_register_architecture(register):\n    pass\n"
+    make_distribution(tmp_path, dist="vggtk-typo", module="vggtk_typo", source=source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        host = PluginHost()
+    finally:
+        sys.modules.pop("vggtk_typo", None)
+    assert "'vggtk-typo'" in capsys.readouterr().err
+    assert host.plugins["tinynet"].error.startswith("PluginValidationError")
+    assert not host.pm.has_plugin("tinynet") and "vgg-d" in host.registry("architectures")
 
 
 def test_name_claimed_twice_names_both_plugins(host):

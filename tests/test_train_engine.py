@@ -72,6 +72,24 @@ def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(reference, tmp_
         assert torch.equal(resumed[k], straight[k]), k
 
 
+def test_ctrl_c_saves_where_it_stopped_and_the_run_resumes_exactly(reference, tmp_path):
+    cmd = [sys.executable, str(JOB), str(tmp_path), "--checkpoint-every", "4", "--slow", "0.25"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "ckpt-000000004").exists():
+        time.sleep(0.05)
+    time.sleep(0.4)  # into a step that no periodic checkpoint covers
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    saved = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
+    assert saved["step"] % 4 != 0  # written by the interrupt, not by the periodic save
+    run_job(tmp_path, "--checkpoint-every", "4")
+    resumed, straight = weights(tmp_path / "ckpt-000000016"), weights(reference / "ckpt-000000016")
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
+
+
 def test_gradient_accumulation_matches_the_full_batch(reference, tmp_path):
     run_job(tmp_path, "--accum-steps", "4")
     straight, accumulated = weights(reference / "ckpt-000000016"), weights(tmp_path / "ckpt-000000016")
@@ -147,3 +165,29 @@ def test_init_from_a_copies_the_first_four_convs_and_the_fcs_into_d(tmp_path):
             assert torch.equal(value, before[key]), key  # the rest keeps its random init
     with pytest.raises(Exception, match="cannot initialise vgg-d from vgg-a"):
         initialise_from(create_model("vgg-d", **{**kw, "width": 1 / 4}), tmp_path / "a.safetensors")
+
+
+def _small_run(tmp_path, **overrides):
+    (x, y), (vx, vy) = fashion_sample(128), fashion_sample(32, split="test")
+    source = InMemorySource((x, y), (vx, vy), num_classes=10, mean=[x.float().mean().item()])
+    config = TrainConfig(arch="vgg-a", model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32, init="kaiming"),
+                         epochs=1, batch_size=32, log_every=1, **overrides)
+    return config, source
+
+
+def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(tmp_path):
+    config, source = _small_run(tmp_path)
+    train(config, source, tmp_path)
+    with pytest.raises(Exception, match="already holds checkpoints of another run"):
+        train(config, source, tmp_path, resume=None)
+
+
+def test_resuming_with_other_options_is_refused_but_more_epochs_are_fine(tmp_path):
+    config, source = _small_run(tmp_path)
+    train(config, source, tmp_path)
+    changed, _ = _small_run(tmp_path, lr=0.5)
+    with pytest.raises(Exception, match=r"trained with other options \(lr: 0.01 -> 0.5\)"):
+        train(changed, source, tmp_path)
+    longer, _ = _small_run(tmp_path)
+    longer.epochs = 2
+    assert train(longer, source, tmp_path)["epoch"] == 2

@@ -31,6 +31,8 @@ class InMemorySource:
     device, on whole batches.
     """
 
+    exact_any_world_size = True  # global batches do not depend on the rank count
+
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                  num_classes: int, mean: list[float], train_transform: Transform | None = None,
                  val_transform: Transform | None = None, seed: int = 0, class_names: list[str] | None = None,

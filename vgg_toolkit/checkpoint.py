@@ -1,10 +1,10 @@
 """Checkpoints: one directory per save (model.safetensors, optimizer.safetensors, state.json),
 written under a temporary name and renamed into place, so a killed run never leaves a half
-checkpoint where resume would look."""
+checkpoint where resume would look. No RNG state is stored: every random draw derives from
+(seed, epoch, sample key) or (seed, step), which state.json holds."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -21,12 +21,10 @@ PREFIX = "ckpt-"
 BEST = "best"
 
 
-def encode_rng(state: torch.Tensor) -> str:
-    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
-
-
-def decode_rng(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
+def weights_file(path: str | os.PathLike) -> Path:
+    """The weights of a checkpoint directory, or ``path`` itself when it is a weights file."""
+    path = Path(path)
+    return path / "model.safetensors" if path.is_dir() else path
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -122,6 +120,12 @@ def load_checkpoint(ckpt: str | os.PathLike, model: nn.Module, optimizer: torch.
     state = read_state(ckpt)
     load_weights(model, ckpt / "model.safetensors")
     if optimizer is not None:
-        meta = json.loads((ckpt / "optimizer.json").read_text())
-        _restore_optimizer(optimizer, load_file(str(ckpt / "optimizer.safetensors")), meta)
+        load_optimizer(ckpt, optimizer)
     return state
+
+
+def load_optimizer(ckpt: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
+    """Restore the optimizer's state; its tensors follow the parameters' device."""
+    ckpt = Path(ckpt)
+    meta = json.loads((ckpt / "optimizer.json").read_text())
+    _restore_optimizer(optimizer, load_file(str(ckpt / "optimizer.safetensors")), meta)

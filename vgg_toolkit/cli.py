@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -68,9 +69,12 @@ def plugins():
         table.add_column(col)
     for info in sorted(host.plugins.values(), key=lambda p: (not p.builtin, p.name)):
         if info.error:
-            what = f"[red]failed to import: {info.error}[/red]"
+            what = f"[red]failed to load: {escape(info.error)}[/red]"
         else:
-            registered = host.registered_by(info.name)
+            try:
+                registered = host.registered_by(info.name)
+            except VggtkError as exc:  # e.g. two plugins claim one name: show it here, where it is diagnosed
+                registered = {"error": [escape(str(exc))]}
             parts = [f"{kind}: {', '.join(names)}" for kind, names in registered.items() if names]
             hooks = sorted(
                 impl.name for impl in host.pm.get_hookcallers(host.pm.get_plugin(info.name)) or ()
@@ -111,7 +115,7 @@ def _not_yet(tracked_in: str, what: str):
 
 
 def extract_features():
-    """Extract the paper's transfer descriptors (dense FC7, pooled, flipped, L2-normed)."""
+    """Not implemented yet: the paper's transfer descriptors (dense FC7, pooled, flipped, L2-normed)."""
     _not_yet("the transfer-features issue", "extract-features")
 
 
@@ -145,3 +149,4 @@ def main(argv: list[str] | None = None) -> None:
     except VggtkError as exc:
         print(f"vggtk: error: {exc}", file=sys.stderr)
         sys.exit(2)
+

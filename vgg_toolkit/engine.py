@@ -4,6 +4,8 @@ exact resume, DDP, and a guard against non-finite losses. Small enough to hold i
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import json
 import math
 import time
@@ -15,9 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import DistEnv, all_reduce_sum, init_distributed, shutdown
+from .checkpoint import latest_checkpoint, load_checkpoint, load_optimizer, save_checkpoint, weights_file
+from .distributed import DistEnv, all_reduce_sum, broadcast_object, init_distributed, shutdown
 from .errors import VggtkError
+from .layers import global_rows
+from .metrics import topk_errors
+from .plugin_manager import get_host
 from .models import create_model, prepare_model
 from .schedule import PlateauSchedule
 from .seeding import derived_seed
@@ -46,6 +51,7 @@ class TrainConfig:
     conv_backend: str = "auto"
     compile: bool = False
     classes: list | None = None  # class names, recorded so evaluation can check ensembles agree
+    mean_rgb: list | None = None  # the training split's mean (0-255), recorded so evaluation subtracts the same
     train_scale: list | None = None  # [S] or [Smin, Smax]: applied by the data pipeline, recorded for eval
     init_from: str | None = None  # checkpoint dir or weights file: fine-tune, or the paper's A -> deeper copy
 
@@ -62,6 +68,7 @@ class BatchSource(Protocol):
     """What the loop needs from data: uint8 NCHW batches for one rank, and how to normalise them."""
 
     num_classes: int
+    exact_any_world_size: bool  # True when a started epoch can resume on a different number of ranks
 
     def num_batches(self, global_batch: int, env: DistEnv, micro_batch: int) -> int:
         """Global batches per epoch (the same on every rank)."""
@@ -101,16 +108,13 @@ def evaluate_top_k(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     """Top-1 / top-5 error of single centre crops on the validation split. Every rank evaluates the
     whole split, so all ranks take the same schedule decision without another collective."""
     model.eval()
-    counts = torch.zeros(3, dtype=torch.float64, device=device)  # top1 correct, top5 correct, n
+    logits, targets = [], []
     with torch.no_grad(), _autocast(device):
         for images, labels in batches:
-            logits = model(normalize(images.to(device, non_blocking=True)))
-            labels = labels.to(device)
-            top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-            hit = top == labels[:, None]
-            counts += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), torch.tensor(len(labels), device=device)]).double()
-    n = max(counts[2].item(), 1.0)
-    return {"top1_err": 100 * (1 - counts[0].item() / n), "top5_err": 100 * (1 - counts[1].item() / n)}
+            logits.append(model(normalize(images.to(device, non_blocking=True))).float().cpu())
+            targets.append(labels)
+    errors = topk_errors(torch.cat(logits), torch.cat(targets), (1, 5))
+    return {"top1_err": errors[1], "top5_err": errors[5]}
 
 
 def _autocast(device: torch.device):
@@ -119,19 +123,66 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+# Options that may change when a run resumes; any other difference is an error, not a silent mix.
+RESUMABLE_CHANGES = {"epochs", "device", "conv_backend", "compile", "log_every", "checkpoint_every", "keep_last",
+                     "init_from"}
+
+
 def train(config: TrainConfig, source: BatchSource, run_dir: str | Path, resume: str | Path | None = "auto",
           on_event: Callable[[str, dict], None] | None = None) -> dict:
     """Train until the schedule stops or ``config.epochs`` pass; returns the final summary.
 
-    ``resume``: "auto" continues from the newest complete checkpoint in ``run_dir`` if any,
-    a path continues from that checkpoint, None starts fresh.
+    ``resume``: "auto" continues from the newest complete checkpoint in ``run_dir`` if any, a path
+    continues from that checkpoint, None starts fresh (and refuses a run directory holding
+    checkpoints, whose newer steps would otherwise shadow the new run's).
     """
     device = pick_device(config.device)
     env = init_distributed(device)
+    if env.enabled and device.type == "cuda":  # one GPU per process, as torchrun's LOCAL_RANK says
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    events = _Events(on_event, env)
     try:
-        return _train(config, source, Path(run_dir), resume, device, env, on_event or (lambda e, s: None))
+        return _train(config, source, Path(run_dir), resume, device, env, events)
     finally:
         shutdown(env)
+
+
+class _Events:
+    """The caller's callback on every rank, and the plugins' ``vggtk_on_train_event`` on rank 0."""
+
+    def __init__(self, callback, env: DistEnv):
+        self.callback, self.env = callback or (lambda e, s: None), env
+
+    def __call__(self, event: str, state: dict) -> None:
+        self.callback(event, state)
+        if self.env.is_main:
+            get_host().pm.hook.vggtk_on_train_event(event=event, state=dict(state))
+
+
+def _checkpoint_to_resume(run_dir: Path, resume, env: DistEnv) -> Path | None:
+    if resume == "auto":
+        found = latest_checkpoint(run_dir) if env.is_main else None
+        found = broadcast_object(str(found) if found else None, env)  # every rank resumes the same step
+        return Path(found) if found else None
+    if resume:
+        ckpt = Path(resume)
+        if not (ckpt / "state.json").is_file():
+            raise VggtkError(f"{ckpt}: not a complete checkpoint directory (no state.json)")
+        return ckpt
+    if latest_checkpoint(run_dir) is not None:
+        raise VggtkError(f"{run_dir} already holds checkpoints of another run: resume it, or train into a new "
+                         "--run-dir (or delete that one)")
+    return None
+
+
+def _check_resumable(saved: dict, config: TrainConfig, ckpt: Path) -> None:
+    ours = asdict(config)
+    changed = sorted(k for k in set(saved) | set(ours) if k not in RESUMABLE_CHANGES and saved.get(k) != ours.get(k))
+    if changed:
+        detail = "; ".join(f"{k}: {saved.get(k)!r} -> {ours.get(k)!r}" for k in changed[:4])
+        raise VggtkError(f"{ckpt} was trained with other options ({detail}); resume with the same options, "
+                         "or start a new --run-dir")
 
 
 def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
@@ -145,31 +196,41 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
 
     torch.manual_seed(derived_seed(config.seed, "init"))  # same initial weights on every rank
     model = create_model(config.arch, num_classes=source.num_classes, **config.model)
-    optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum)
     schedule = PlateauSchedule(config.lr, patience=config.lr_patience, max_drops=config.max_lr_drops)
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "config": asdict(config),
-             "seed": config.seed, "finished": False}
-
-    ckpt = latest_checkpoint(run_dir) if resume == "auto" else (Path(resume) if resume else None)
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "running": [0.0, 0.0],
+             "config": asdict(config), "seed": config.seed, "world_size": env.world_size, "finished": False}
+    ckpt = _checkpoint_to_resume(run_dir, resume, env)
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer)
+        state = load_checkpoint(ckpt, model, None)
+        _check_resumable(state["config"], config, ckpt)
+        if state["batch_in_epoch"] and state.get("world_size") != env.world_size and not source.exact_any_world_size:
+            raise VggtkError(f"{ckpt} stopped mid-epoch with {state.get('world_size')} rank(s); resume with as many "
+                             "(this data source cannot re-split a started epoch)")
+        state["config"] = asdict(config)
         schedule = PlateauSchedule.from_state(state["schedule"])
-        on_event("resumed", {"checkpoint": str(ckpt), **_public(state)})
     elif config.init_from:
         copied = initialise_from(model, config.init_from)
         on_event("initialised", {"source": config.init_from, "copied": copied})
+    # The optimizer follows the model to its device, so resumed momentum lands beside the weights.
     model = prepare_model(model, device, conv_backend=config.conv_backend)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum)
+    if ckpt is not None:
+        load_optimizer(ckpt, optimizer)
+        on_event("resumed", {"checkpoint": str(ckpt), "history": state["history"], **_public(state)})
     net = model
     if env.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)
 
+    running = torch.tensor(state["running"], dtype=torch.float64, device=device)  # loss sum, steps this epoch
+
     def save(is_best=False):
         if env.is_main:
             state["schedule"] = schedule.state_dict()
+            state["running"] = running.tolist()
             path = save_checkpoint(run_dir, model, optimizer, state, keep_last=config.keep_last, is_best=is_best)
             on_event("checkpoint", {"path": str(path), **_public(state)})
 
@@ -179,8 +240,9 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
     on_event("start", {"batches_per_epoch": batches_per_epoch, "device": str(device), "world_size": env.world_size,
                        **_public(state)})
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
-    running = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, steps
-    try:
+    step_t = torch.full((), state["step"], dtype=torch.long, device=device)  # a device copy: no sync per step
+    per_rank = config.batch_size // env.world_size
+    with _stop_at_step_boundary() as stop:
         while not state["finished"] and state["epoch"] < config.epochs:
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr
@@ -192,11 +254,14 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
                 micro.append((images, labels))
                 if len(micro) < config.accum_steps:
                     continue
-                torch.manual_seed(derived_seed(config.seed, "step", state["step"], env.rank))  # dropout
                 loss_sum = torch.zeros((), device=device)
                 for i, (x, y) in enumerate(micro):
+                    # Every micro-batch of every rank starts from the step's seed and keeps its own rows
+                    # of the global dropout masks: one process, N ranks and accumulation agree exactly.
+                    torch.manual_seed(derived_seed(config.seed, "step", state["step"]))
                     sync = contextlib.nullcontext() if (i == len(micro) - 1 or not env.enabled) else net.no_sync()
-                    with sync, _autocast(device):
+                    rows = global_rows(model, env.rank * per_rank + i * micro_batch, config.batch_size)
+                    with sync, rows, _autocast(device):
                         x = source.normalize(x.to(device, non_blocking=True))
                         if device.type == "cuda":
                             x = x.contiguous(memory_format=torch.channels_last)
@@ -206,22 +271,26 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
                 micro = []
                 grad_ok = torch.stack([torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None]).all()
                 ok = torch.isfinite(loss_sum) & grad_ok
-                bad_step = torch.where((bad_step < 0) & ~ok, torch.tensor(state["step"], device=device), bad_step)
+                bad_step = torch.where((bad_step < 0) & ~ok, step_t, bad_step)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 running += torch.stack([loss_sum.double(), torch.ones((), dtype=torch.float64, device=device)])
+                step_t += 1
                 state["step"] += 1
                 state["batch_in_epoch"] += 1
                 seen += config.batch_size
                 periodic = config.checkpoint_every and state["step"] % config.checkpoint_every == 0
-                if state["step"] % config.log_every == 0 or periodic:
+                if state["step"] % config.log_every == 0 or periodic or stop.requested:
                     _check_finite(bad_step, running, state, run_dir)
                     loss_avg = running[0].item() / max(running[1].item(), 1)
                     on_event("step", {**_public(state), "loss": loss_avg, "lr": schedule.lr,
                                       "img_per_s": seen / (time.perf_counter() - tick),
                                       "batches_per_epoch": batches_per_epoch})
-                if periodic:
+                if periodic or stop.requested:
                     save()
+                if stop.requested:
+                    on_event("interrupted", _public(state))
+                    raise KeyboardInterrupt
             _check_finite(bad_step, running, state, run_dir)
             train_loss = all_reduce_sum(running.clone(), env)
             running.zero_()
@@ -236,15 +305,36 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
             state["finished"] = decision == "stop"
             on_event("epoch", {**_public(state), **record})
             save(is_best=decision == "improved")
-    except KeyboardInterrupt:
-        _check_finite(bad_step, running, state, run_dir)
-        save()
-        on_event("interrupted", _public(state))
-        raise
+            if stop.requested:
+                on_event("interrupted", _public(state))
+                raise KeyboardInterrupt
     summary = {**_public(state), "best_val_top1_err": 100 - schedule.best if state["history"] else None,
                "checkpoint": str(latest_checkpoint(run_dir)) if env.is_main else None}
     on_event("end", summary)
     return summary
+
+
+class _stop_at_step_boundary(contextlib.AbstractContextManager):
+    """The first Ctrl-C asks the loop to save and stop after the current step, so the checkpoint's
+    counters match its weights; a second one interrupts at once."""
+
+    requested = False
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def initialise_from(model: nn.Module, source: str | Path) -> list[str]:
@@ -255,11 +345,10 @@ def initialise_from(model: nn.Module, source: str | Path) -> list[str]:
     of the same name (block1.conv1, block2.conv1, block3.conv1, block3.conv2, fc6, fc7, fc8); the
     rest keeps its random init. Returns the names of the layers copied.
     """
-    path = Path(source)
-    weights_file = path / "model.safetensors" if path.is_dir() else path
-    arch = read_arch(weights_file)
+    weights = weights_file(source)
+    arch = read_arch(weights)
     ours = model.state_dict()
-    tensors = read_tensors(weights_file)
+    tensors = read_tensors(weights)
     if arch is not None and getattr(model, "vggtk_arch", {}).get("name") != arch["name"]:
         convs = [k[: -len(".weight")] for k, t in tensors.items() if k.startswith("features.") and t.ndim == 4]
         layers = convs[:4] + [k[: -len(".weight")] for k in tensors if k.startswith("classifier.") and k.endswith(".weight")]
@@ -268,11 +357,11 @@ def initialise_from(model: nn.Module, source: str | Path) -> list[str]:
                     f"{k}: {tuple(t.shape)} vs {tuple(ours[k].shape)}"
                     for k, t in tensors.items() if k not in ours or ours[k].shape != t.shape]
         if problems:
-            raise VggtkError(f"{weights_file}: cannot initialise {model.vggtk_arch['name']} from {arch['name']}: "
+            raise VggtkError(f"{weights}: cannot initialise {model.vggtk_arch['name']} from {arch['name']}: "
                              + "; ".join(problems))
         model.load_state_dict(tensors, strict=False)
         return sorted({k.rsplit(".", 1)[0] for k in tensors})
-    load_weights(model, weights_file)
+    load_weights(model, weights)
     return sorted({k.rsplit(".", 1)[0] for k in ours if not k.endswith("num_batches_tracked")})
 
 

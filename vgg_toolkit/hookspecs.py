@@ -59,5 +59,6 @@ def vggtk_prepare_model(model, device):
 
 @hookspec
 def vggtk_on_train_event(event, state):
-    """Observe the training loop (for loggers). ``event`` is one of ``"start"``, ``"step"``, ``"epoch"``,
-    ``"checkpoint"``, ``"end"``; ``state`` is a read-only mapping of the current metrics and counters."""
+    """Observe the training loop (for loggers), on rank 0. ``event`` is one of ``"start"``, ``"resumed"``,
+    ``"initialised"``, ``"step"`` (every ``log_every`` steps), ``"epoch"``, ``"checkpoint"``,
+    ``"interrupted"``, ``"end"``; ``state`` is a copy of that moment's metrics and counters."""

@@ -52,43 +52,43 @@ class PluginHost:
         self.plugins: dict[str, PluginInfo] = {}
         self._registries: dict[str, Registry] = {}
         self._load_entry_points(autoload_third_party)
-        self.pm.check_pending()
 
     def _load_entry_points(self, third_party: bool) -> None:
-        seen_own = False
-        for ep in md.entry_points(group=GROUP):
-            dist = ep.dist
-            dist_name = dist.metadata["Name"] if dist is not None else "?"
-            builtin = _canonical(dist_name) == OWN_DISTRIBUTION
-            seen_own |= builtin
-            if not builtin and not third_party:
-                continue
-            if ep.name in self.plugins or self.pm.has_plugin(ep.name):
-                continue  # the same distribution found twice on sys.path
-            version = dist.version if dist is not None else "?"
-            try:
-                module = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not break other commands
-                if builtin:
-                    raise
-                self.plugins[ep.name] = PluginInfo(ep.name, dist_name, version, False, f"{type(exc).__name__}: {exc}")
-                print(
-                    f"vggtk: warning: plugin {ep.name!r} from package {dist_name!r} failed to import "
-                    f"({type(exc).__name__}: {exc}); continuing without it",
-                    file=sys.stderr,
-                )
-                continue
-            self.register(module, ep.name, distribution=dist_name, version=version, builtin=builtin)
-        if not seen_own:
+        def owner(ep) -> str:
+            return ep.dist.metadata["Name"] if ep.dist is not None else "?"
+
+        # Built-ins first, whatever the order of sys.path, so a clash names the newcomer second.
+        found = sorted(md.entry_points(group=GROUP), key=lambda ep: _canonical(owner(ep)) != OWN_DISTRIBUTION)
+        if not any(_canonical(owner(ep)) == OWN_DISTRIBUTION for ep in found):
             raise VggtkError(
                 "vgg-toolkit's built-in plugins were not found: the package is not installed. "
                 "Run `make setup` (or `pip install -e .`)."
             )
+        for ep in found:
+            dist_name = owner(ep)
+            builtin = _canonical(dist_name) == OWN_DISTRIBUTION
+            if (not builtin and not third_party) or ep.name in self.plugins or self.pm.has_plugin(ep.name):
+                continue  # disabled, or the same distribution found twice on sys.path
+            version = ep.dist.version if ep.dist is not None else "?"
+            try:
+                self.register(ep.load(), ep.name, distribution=dist_name, version=version, builtin=builtin)
+            except Exception as exc:  # a broken third-party plugin must not break other commands
+                if builtin:
+                    raise
+                if self.pm.has_plugin(ep.name):
+                    self.pm.unregister(name=ep.name)
+                self.plugins[ep.name] = PluginInfo(ep.name, dist_name, version, False, f"{type(exc).__name__}: {exc}")
+                print(f"vggtk: warning: plugin {ep.name!r} from package {dist_name!r} failed to load "
+                      f"({type(exc).__name__}: {exc}); continuing without it", file=sys.stderr)
 
     def register(self, module, name: str, distribution: str = "(inline)", version: str = "", builtin: bool = False):
         """Register a plugin object; used for entry points and by tests that add a plugin inline."""
         self.pm.register(module, name=name)
-        self.pm.check_pending()
+        try:
+            self.pm.check_pending()  # a misspelt hook name
+        except Exception:
+            self.pm.unregister(name=name)
+            raise
         self.plugins[name] = PluginInfo(name, distribution, version, builtin)
         self._registries.clear()
 

@@ -1,6 +1,5 @@
 """What a training run shows and leaves behind: a progress bar, metrics.jsonl, a PNG plot of loss and
-error per epoch, and a closing summary. Only rank 0 reports; plugins see every event through
-``vggtk_on_train_event``."""
+error per epoch, and a closing summary. Only rank 0 reports."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .plugin_manager import get_host
 
 
 def plot_history(history: list[dict], path: Path) -> Path | None:
@@ -68,7 +66,6 @@ class TrainReporter:
             f.write(json.dumps(record) + "\n")
 
     def __call__(self, event: str, state: dict) -> None:
-        get_host().pm.hook.vggtk_on_train_event(event=event, state=dict(state))
         if not self.is_main:
             return
         say = self.console.print
@@ -78,6 +75,7 @@ class TrainReporter:
             say(f"training on {state['device']} x{state['world_size']}, {self.total} steps per epoch, "
                 f"run directory {self.run_dir}")
         elif event == "resumed":
+            self.history = list(state["history"])
             say(f"resumed from {state['checkpoint']} (epoch {state['epoch'] + 1}, step {state['step']})")
         elif event == "initialised":
             say(f"initialised from {state['source']}: {', '.join(state['copied'])}")

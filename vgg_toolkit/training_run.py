@@ -13,8 +13,9 @@ from .data.loader import make_loader, normalize_on_device
 from .data.manifest import Manifest
 from .data.pipeline import eval_pipeline, recipe, train_pipeline
 from .distributed import DistEnv
-from .engine import TrainConfig, evaluate_top_k, pick_device, train
+from .engine import TrainConfig, pick_device, train
 from .errors import VggtkError
+from .evaluate import paper_test_scales
 from .reporting import TrainReporter
 
 MODEL_OPTIONS = ("width", "fc_dim", "batch_norm", "init", "dropout")
@@ -25,6 +26,8 @@ class ShardSource:
     """Streams shards through :func:`make_loader` every epoch: for data that does not fit in memory.
     Ranks read disjoint ranges of samples, so DDP sees the same samples per epoch as one process but
     grouped into different global batches (the in-memory source keeps the groups too)."""
+
+    exact_any_world_size = False  # a started epoch's split among ranks depends on their number
 
     def __init__(self, data: Path, manifest: Manifest, train_pipe, val_pipe, seed: int, workers: int, on_error: str):
         self.data, self.manifest, self.seed, self.workers, self.on_error = data, manifest, seed, workers, on_error
@@ -63,15 +66,25 @@ def _decode_split(data: Path, split: str, workers: int, on_error: str):
     loader = make_loader(data, split, batch_size=1024, augment="none", shuffle=False, drop_last=False,
                          rank=0, world_size=1, num_workers=workers, on_error=on_error)
     batches = list(loader)
+    if loader.skipped.total:
+        Console(stderr=True).print(f"{data} {split}: {loader.skipped.summary()}")
     keys = [key for batch in batches for key in batch.keys]
     return (torch.cat([b.images for b in batches]), torch.cat([b.labels for b in batches])), keys
 
 
 def _fits_in_memory(manifest: Manifest) -> bool:
-    size = manifest.extra.get("image_size") or {}
-    if not size or size.get("min_side") != size.get("max_side"):
-        return False  # photos of many sizes are streamed
-    return manifest.samples("train") * manifest.channels * size["max_side"] ** 2 < IN_MEMORY_LIMIT
+    side = manifest.uniform_side  # photos of many sizes are streamed
+    return side is not None and manifest.samples("train") * manifest.channels * side**2 < IN_MEMORY_LIMIT
+
+
+def _same_architecture(init_from: str, options: dict) -> bool:
+    from .checkpoint import weights_file
+    from .plugin_manager import get_host
+    from .weights import read_arch
+
+    arch = read_arch(weights_file(init_from))
+    wanted = get_host().registry("architectures").get(options.get("arch", TrainConfig.arch)).name
+    return arch is not None and arch["name"] == wanted
 
 
 def build_config(options: dict, manifest: Manifest) -> TrainConfig:
@@ -103,10 +116,13 @@ def build_config(options: dict, manifest: Manifest) -> TrainConfig:
         train_scale = [round(model["input_size"] * 256 / 224)]
     if min(train_scale) < model["input_size"]:
         raise VggtkError(f"training scale {train_scale} is below the crop size {model['input_size']}")
-    return TrainConfig.from_dict({"model": model, "train_scale": train_scale, "classes": manifest.classes, **options})
+    if options.get("init_from") and "lr" not in options and _same_architecture(options["init_from"], options):
+        options["lr"] = 1e-3  # the paper's fine-tuning rate (S=384 from S=256, jittered from S=384)
+    return TrainConfig.from_dict({"model": model, "train_scale": train_scale, "classes": manifest.classes,
+                                 "mean_rgb": manifest.stats.mean_rgb_255 if manifest.stats else None, **options})
 
 
-def run_training(options: dict, data: Path, run_dir: Path, resume: bool = True, workers: int = 0,
+def run_training(options: dict, data: Path, run_dir: Path, resume: str = "auto", workers: int = 0,
                  on_error: str = "fail", console: Console | None = None) -> dict:
     manifest = Manifest.load(data)
     if manifest.stats is None:
@@ -114,8 +130,9 @@ def run_training(options: dict, data: Path, run_dir: Path, resume: bool = True, 
     config = build_config(options, manifest)
     crop, scales = config.model["input_size"], config.train_scale
     train_pipe = train_pipeline(manifest, crop=crop, smin=scales[0], smax=scales[-1], color_shift=True)
-    # The paper's single test scale: Q = S, or Q = (Smin + Smax) / 2 when S was jittered.
-    val_pipe = eval_pipeline(manifest, q=round(sum(scales) / len(scales)), crop=crop)
+    # Validation at the paper's single test scale, the one `vggtk eval` takes by default.
+    (q,) = paper_test_scales(scales[0] if len(scales) == 1 else tuple(scales))
+    val_pipe = eval_pipeline(manifest, q=q, crop=crop)
     console = console or Console()
     if _fits_in_memory(manifest):
         train_split, keys = _decode_split(data, "train", workers, on_error)
@@ -125,19 +142,18 @@ def run_training(options: dict, data: Path, run_dir: Path, resume: bool = True, 
     else:
         source = ShardSource(data, manifest, train_pipe, val_pipe, config.seed, workers, on_error)
     reporter = TrainReporter(run_dir, console)
-    result = train(config, source, run_dir, resume="auto" if resume else None, on_event=reporter)
+    result = train(config, source, run_dir, resume=None if resume == "none" else resume, on_event=reporter)
     test = None
     if reporter.is_main and "test" in manifest.splits:
-        from .checkpoint import load_checkpoint
-        from .models import create_model
+        # The same code as `vggtk eval --methods center`, so the two report the same number.
+        from .evaluation_run import evaluate_on_shards, load_trained
 
-        model = create_model(config.arch, num_classes=manifest.num_classes, **config.model)
         best = run_dir / "best"
-        load_checkpoint(best if best.is_dir() else result["checkpoint"], model, None)
-        device = pick_device(config.device)
-        batches = make_loader(data, "test", batch_size=256, augment=val_pipe, rank=0, world_size=1,
-                              num_workers=workers, on_error=on_error)
-        test = evaluate_top_k(model.to(device), batches, lambda x: normalize_on_device(x, source.mean), device)
+        model = load_trained(best if best.is_dir() else Path(result["checkpoint"]), pick_device(config.device),
+                             config.conv_backend)
+        centre = evaluate_on_shards([model], data, "test", ["center"], batch_size=256, workers=workers,
+                                    on_error=on_error, progress=False)[0]
+        test = {"top1_err": centre.errors[1], "top5_err": centre.errors.get(5, float("nan"))}
         result["test"] = test
     if reporter.is_main:
         reporter.summary(result, test)

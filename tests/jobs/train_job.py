@@ -19,7 +19,7 @@ parser.add_argument("--epochs", type=int, default=2)
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--accum-steps", type=int, default=1)
 parser.add_argument("--samples", type=int, default=256)
-parser.add_argument("--dropout", type=float, default=0.0)
+parser.add_argument("--dropout", type=float, default=0.5)
 parser.add_argument("--checkpoint-every", type=int, default=0)
 parser.add_argument("--lr", type=float, default=0.01)
 parser.add_argument("--slow", type=float, default=0.0, help="seconds to sleep per step, so a test can kill mid-epoch")
@@ -40,7 +40,7 @@ def on_event(event, state):
 
         time.sleep(args.slow)
     if event in ("end", "resumed"):
-        print(json.dumps({"event": event, **state}), flush=True)
+        print(json.dumps({"event": event, **{k: v for k, v in state.items() if k != "history"}}), flush=True)
 
 
 train(config, source, args.run_dir, on_event=on_event)

@@ -100,6 +100,12 @@ class Manifest:
         return len(self.classes)
 
     @property
+    def uniform_side(self) -> int | None:
+        """The side of every image when all are square and of one size (as recorded), else None."""
+        size = self.extra.get("image_size") or {}
+        return size["max_side"] if size and size.get("min_side") == size.get("max_side") else None
+
+    @property
     def path(self) -> Path:
         return self.root / MANIFEST_NAME
 

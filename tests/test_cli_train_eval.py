@@ -1,0 +1,106 @@
+"""`vggtk train` then `vggtk eval` through the real command line, on shards built from real
+Fashion-MNIST images (three classes, a few hundred images, so it runs in seconds)."""
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from realdata import fashion_sample
+from vgg_toolkit.cli import build_app
+from vgg_toolkit.data.manifest import Manifest
+
+CLASSES = {1: "trouser", 5: "sandal", 8: "bag"}
+
+
+def vggtk(*args):
+    result = CliRunner().invoke(build_app(), [str(a) for a in args], env={"COLUMNS": "200"})
+    return result
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    images, labels = fashion_sample(1000)
+    taken = {c: 0 for c in CLASSES}
+    for image, label in zip(images, labels.tolist()):
+        if label in CLASSES and taken[label] < 80:
+            folder = root / "src" / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[0, 2:30, 2:30].numpy()).save(folder / f"{label}_{taken[label]}.png")
+            taken[label] += 1
+    result = vggtk("shards", "create", root / "src", root / "shards", "--splits", "train=0.6,val=0.2,test=0.2",
+                   "--samples-per-shard", 50)
+    assert result.exit_code == 0, result.output
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    config = run / "run.toml"
+    config.write_text('arch = "vgg-a"\nepochs = 2\nbatch_size = 16\n')
+    result = vggtk("train", "--data", shards, "--run-dir", run, "--config", config, "--lr", "0.02")
+    assert result.exit_code == 0, result.output
+    return run, result.output
+
+
+def test_train_writes_checkpoints_metrics_plot_and_the_resolved_config(trained, shards):
+    run, output = trained
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] * 1.5  # finite, not diverging
+    assert (run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 2 and config["batch_size"] == 16 and config["lr"] == 0.02  # TOML + CLI merged
+    assert config["model"]["in_chans"] == 1 and config["model"]["input_size"] == 32
+    assert config["train_scale"] == [32, 40] and config["classes"] == Manifest.load(shards).classes
+    assert (run / "best" / "model.safetensors").is_file()
+    assert "test top-1 error" in output and "Training finished" in output
+
+
+def test_train_resumes_from_the_newest_checkpoint(trained, shards, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)  # the other tests read the original run as it was
+    result = vggtk("train", "--data", shards, "--run-dir", run, "--epochs", 3, "--batch-size", 16, "--lr", "0.02")
+    assert result.exit_code == 0, result.output
+    assert "resumed from" in result.output and "epoch 3:" in result.output and "epoch 1:" not in result.output
+
+
+def test_eval_prints_the_table_and_writes_json(trained, shards, tmp_path):
+    run, output = trained
+    out = tmp_path / "eval.json"
+    result = vggtk("eval", run / "best", "--data", shards, "--methods", "center,dense,multicrop,combined",
+                   "--out", out, "--per-class", "--confusion", tmp_path / "cm.png")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["results"]
+    assert [r["method"] for r in rows][0].startswith("centre")
+    assert len(rows) == 4 and all(r["test_scales"] == "36" for r in rows)  # Q = (Smin + Smax) / 2
+    assert (tmp_path / "cm.png").is_file()
+    # The training run's closing test error is the same protocol run by the same code.
+    reported = float(output.split("test top-1 error")[1].split("%")[0].strip(" │"))
+    assert rows[0]["top1_err_pct"] == pytest.approx(reported, abs=0.005)
+    assert len(rows[0]["per_class"]) == 3
+
+
+def test_eval_ensemble_of_checkpoints_with_different_classes_is_an_error(trained, shards, tmp_path):
+    run, _ = trained
+    result = vggtk("eval", run / "best", tmp_path / "nothing", "--data", shards)
+    assert result.exit_code != 0 and "nothing: no checkpoint here" in str(result.exception)
+
+
+def test_train_rejects_inconsistent_options(shards, tmp_path):
+    result = vggtk("train", "--data", shards, "--run-dir", tmp_path, "--scale", 30)
+    assert "below the crop size 32" in str(result.exception)
+    result = vggtk("train", "--data", shards, "--run-dir", tmp_path, "--scale-min", 32)
+    assert "needs both --scale-min and --scale-max" in str(result.exception)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = [")
+    result = vggtk("train", "--data", shards, "--config", bad)
+    assert "bad.toml: cannot read the run configuration" in str(result.exception)
+    bad.write_text("epochz = 3\n")
+    result = vggtk("train", "--data", shards, "--config", bad)
+    assert "unknown training option(s): epochz" in str(result.exception)
