@@ -104,3 +104,13 @@ def test_train_rejects_inconsistent_options(shards, tmp_path):
     bad.write_text("epochz = 3\n")
     result = vggtk("train", "--data", shards, "--config", bad)
     assert "unknown training option(s): epochz" in str(result.exception)
+
+
+def test_init_from_the_same_architecture_fine_tunes_at_the_papers_lower_rate(trained, shards):
+    from vgg_toolkit.training_run import build_config
+
+    run, _ = trained
+    manifest = Manifest.load(shards)
+    assert build_config({"init_from": str(run / "best")}, manifest).lr == 1e-3  # S=384 from S=256 style
+    assert build_config({"init_from": str(run / "best"), "arch": "vgg-d"}, manifest).lr == 1e-2  # A -> D
+    assert build_config({"init_from": str(run / "best"), "lr": 0.05}, manifest).lr == 0.05
