@@ -53,6 +53,11 @@ def test_train_writes_checkpoints_metrics_plot_and_the_resolved_config(trained, 
               if json.loads(line)["event"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] * 1.5  # finite, not diverging
+    # Errors are percentages of the validation images: each is a whole number of them.
+    n_val = Manifest.load(shards).samples("val")
+    for e in epochs:
+        wrong = e["val_top1_err"] * n_val / 100
+        assert 0 <= e["val_top1_err"] <= 100 and abs(wrong - round(wrong)) < 1e-6
     assert (run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((run / "config.json").read_text())
     assert config["epochs"] == 2 and config["batch_size"] == 16 and config["lr"] == 0.02  # TOML + CLI merged

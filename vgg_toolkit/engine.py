@@ -105,7 +105,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def evaluate_top_k(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    normalize: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> dict[str, float]:
-    """Top-1 / top-5 error of single centre crops on the validation split. Every rank evaluates the
+    """Top-1 / top-5 error (%) of single centre crops on the validation split. Every rank evaluates the
     whole split, so all ranks take the same schedule decision without another collective."""
     model.eval()
     logits, targets = [], []
@@ -113,8 +113,8 @@ def evaluate_top_k(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         for images, labels in batches:
             logits.append(model(normalize(images.to(device, non_blocking=True))).float().cpu())
             targets.append(labels)
-    errors = topk_errors(torch.cat(logits), torch.cat(targets), (1, 5))
-    return {"top1_err": errors[1], "top5_err": errors[5]}
+    errors = topk_errors(torch.cat(logits), torch.cat(targets), (1, 5))  # fractions
+    return {"top1_err": 100 * errors[1], "top5_err": 100 * errors[5]}
 
 
 def _autocast(device: torch.device):
