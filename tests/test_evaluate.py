@@ -1,6 +1,5 @@
 """The evaluation runner: paper test scales, ensembles, metrics over a stream, table and JSON output."""
 
-import functools
 import json
 import math
 
@@ -14,7 +13,7 @@ from vgg_toolkit.evaluate import (
     parse_train_scale, print_results, results_table, run_evaluation, write_json,
 )
 from vgg_toolkit.metrics import topk_error
-from vgg_toolkit.plugins.eval_protocols import Dense, rescale
+from vgg_toolkit.plugins.eval_protocols import Dense
 
 pytest.importorskip("skimage.data")
 from realdata import photo  # noqa: E402

@@ -1,6 +1,5 @@
 """The evaluator plugins (centre, dense, multi-crop, combined) on tiny VGG nets and real photographs."""
 
-import functools
 import math
 
 import pytest

@@ -53,12 +53,24 @@ def test_ddp_on_two_gloo_processes_equals_one_process(reference, tmp_path):
         torch.testing.assert_close(ddp[k], single[k], rtol=0, atol=1e-6)
 
 
-def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(reference, tmp_path):
-    cmd = [sys.executable, str(JOB), str(tmp_path), "--checkpoint-every", "2", "--slow", "0.25"]
+def slow_job_past(run_dir, every, step):
+    """A slowed-down job, returned once it has written the checkpoint of ``step``."""
+    cmd = [sys.executable, str(JOB), str(run_dir), "--checkpoint-every", str(every), "--slow", "0.25"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "ckpt-000000006").exists():
+    while time.time() < deadline and not (run_dir / f"ckpt-{step:09d}").exists():
         time.sleep(0.05)
+    return proc
+
+
+def assert_same_final_weights(run_dir, reference):
+    resumed, straight = weights(run_dir / "ckpt-000000016"), weights(reference / "ckpt-000000016")
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
+
+
+def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(reference, tmp_path):
+    proc = slow_job_past(tmp_path, every=2, step=6)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -67,17 +79,11 @@ def test_killed_mid_epoch_and_resumed_ends_with_the_same_weights(reference, tmp_
     assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 8  # really mid-epoch
     events = run_job(tmp_path, "--checkpoint-every", "2")
     assert events[0]["event"] == "resumed" and events[0]["step"] == state["step"]
-    resumed, straight = weights(tmp_path / "ckpt-000000016"), weights(reference / "ckpt-000000016")
-    for k in straight:
-        assert torch.equal(resumed[k], straight[k]), k
+    assert_same_final_weights(tmp_path, reference)
 
 
 def test_ctrl_c_saves_where_it_stopped_and_the_run_resumes_exactly(reference, tmp_path):
-    cmd = [sys.executable, str(JOB), str(tmp_path), "--checkpoint-every", "4", "--slow", "0.25"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "ckpt-000000004").exists():
-        time.sleep(0.05)
+    proc = slow_job_past(tmp_path, every=4, step=4)
     time.sleep(0.4)  # into a step that no periodic checkpoint covers
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
@@ -85,9 +91,7 @@ def test_ctrl_c_saves_where_it_stopped_and_the_run_resumes_exactly(reference, tm
     saved = json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())
     assert saved["step"] % 4 != 0  # written by the interrupt, not by the periodic save
     run_job(tmp_path, "--checkpoint-every", "4")
-    resumed, straight = weights(tmp_path / "ckpt-000000016"), weights(reference / "ckpt-000000016")
-    for k in straight:
-        assert torch.equal(resumed[k], straight[k]), k
+    assert_same_final_weights(tmp_path, reference)
 
 
 def test_gradient_accumulation_matches_the_full_batch(reference, tmp_path):

@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 
 from .cli_train import resolve_data
-from .errors import VggtkError
 
 DEFAULT_CHECKPOINT = Path("runs/train/best")
 

@@ -4,10 +4,10 @@ exact resume, DDP, and a guard against non-finite losses. Small enough to hold i
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +22,8 @@ from .distributed import DistEnv, all_reduce_sum, broadcast_object, init_distrib
 from .errors import VggtkError
 from .layers import global_rows
 from .metrics import topk_errors
-from .plugin_manager import get_host
 from .models import create_model, prepare_model
+from .plugin_manager import get_host
 from .schedule import PlateauSchedule
 from .seeding import derived_seed
 from .weights import load_weights, read_arch, read_tensors
