@@ -41,7 +41,7 @@ def train_command(
     batch_norm: Optional[bool] = typer.Option(None, "--batch-norm/--no-batch-norm", help="BatchNorm after each conv (not in the paper)."),
     init: Optional[str] = typer.Option(None, help="paper | glorot | kaiming \\[default: paper, or kaiming below 64 px]."),
     scale: Optional[int] = typer.Option(None, help="Fixed training scale S (smallest side) \\[default: jittered, the data's recipe: [256, 512], or [32, 40] for small images]."),
-    scale_min: Optional[int] = typer.Option(None, help="Scale jittering: S drawn per image from [scale-min, scale-max]."),
+    scale_min: Optional[int] = typer.Option(None, help="Scale jittering: S drawn per image from \\[scale-min, scale-max]."),
     scale_max: Optional[int] = typer.Option(None, help="Upper end of scale jittering."),
     epochs: Optional[int] = typer.Option(None, help="At most this many epochs \\[default: 74; the lr schedule may stop sooner]."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size \\[default: 256]."),
