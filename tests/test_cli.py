@@ -74,3 +74,17 @@ def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("vggtk: error:") and "missing.safetensors" in err
+
+
+def test_plugins_table_shows_a_name_clash_instead_of_failing(host):
+    from vgg_toolkit import hookimpl
+
+    class Impostor:
+        @hookimpl
+        def vggtk_register_architectures(self, register):
+            register("vgg-b", lambda num_classes=1000: None)
+
+    host.register(Impostor(), "impostor")
+    result = invoke("plugins")
+    assert result.exit_code == 0, result.output
+    assert "claimed by two plugins: 'vgg' and 'impostor'" in " ".join(result.output.split())
