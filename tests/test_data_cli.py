@@ -8,11 +8,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vgg_toolkit.cli_shards import app
+from vgg_toolkit.data.localisation import LABELME_ROOT
 from vgg_toolkit.data.manifest import Manifest
 from vgg_toolkit.data.sources import FASHION_MNIST_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
-LABELME = Path("/usr/share/doc/labelme-examples/examples")
+LABELME = Path(LABELME_ROOT)
 
 
 def cli(*args, cwd=None):

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from vgg_toolkit.data.create import create_shards
+from vgg_toolkit.data.localisation import LABELME_ROOT
 from vgg_toolkit.data.manifest import Manifest, sha256_file
 from vgg_toolkit.data.reader import iter_raw, parse_sample, resolve_source
 from vgg_toolkit.data.records import quantize_boxes
@@ -17,7 +18,7 @@ from vgg_toolkit.data.sources import FASHION_MNIST_ROOT, fashion_mnist, image_fo
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = REPO / "shards"
-LABELME = Path("/usr/share/doc/labelme-examples/examples")  # Debian package labelme-examples
+LABELME = Path(LABELME_ROOT)
 needs_labelme = pytest.mark.skipif(not LABELME.is_dir(), reason="Debian package labelme-examples not installed")
 needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(),
                                   reason="Debian package dataset-fashion-mnist not installed")
