@@ -35,11 +35,10 @@ class InMemorySource:
 
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                  num_classes: int, mean: list[float], train_transform: Transform | None = None,
-                 val_transform: Transform | None = None, seed: int = 0, class_names: list[str] | None = None,
-                 keys: list[str] | None = None):
+                 val_transform: Transform | None = None, seed: int = 0, keys: list[str] | None = None):
         self.train_images, self.train_labels = train
         self.keys = keys if keys is not None else [str(i) for i in range(len(self.train_labels))]
-        self.num_classes, self.seed, self.class_names = num_classes, seed, class_names
+        self.num_classes, self.seed = num_classes, seed
         self.train_transform = train_transform
         for name, labels in (("train", train[1]), ("val", val[1])):
             if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
