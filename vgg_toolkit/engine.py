@@ -212,8 +212,9 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
         on_event("initialised", {"source": config.init_from, "copied": copied})
     # The optimizer follows the model to its device, so resumed momentum lands beside the weights.
     model = prepare_model(model, device, conv_backend=config.conv_backend)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # NHWC is faster for these convs on CUDA (cuDNN, the Triton kernels) and on CPU too (oneDNN:
+    # 1.24x a training step of the half-width VGG-A at batch 128, 2-core EPYC).
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum)
     if ckpt is not None:
         load_optimizer(ckpt, optimizer)
@@ -262,8 +263,7 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
                     rows = global_rows(model, env.rank * per_rank + i * micro_batch, config.batch_size)
                     with sync, rows, _autocast(device):
                         x = source.normalize(x.to(device, non_blocking=True))
-                        if device.type == "cuda":
-                            x = x.contiguous(memory_format=torch.channels_last)
+                        x = x.contiguous(memory_format=torch.channels_last)
                         loss = F.cross_entropy(net(x).float(), y.to(device, non_blocking=True)) / len(micro)
                         loss.backward()
                     loss_sum += loss.detach()
