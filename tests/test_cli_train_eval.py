@@ -5,12 +5,16 @@ import json
 import shutil
 
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from realdata import fashion_sample
 from vgg_toolkit.cli import build_app
 from vgg_toolkit.data.manifest import Manifest
+from vgg_toolkit.data.reader import iter_raw
+from vgg_toolkit.data.records import Record
+from vgg_toolkit.data.writer import ShardWriter
 
 CLASSES = {1: "trouser", 5: "sandal", 8: "bag"}
 
@@ -119,3 +123,66 @@ def test_init_from_the_same_architecture_fine_tunes_at_the_papers_lower_rate(tra
     assert build_config({"init_from": str(run / "best")}, manifest).lr == 1e-3  # S=384 from S=256 style
     assert build_config({"init_from": str(run / "best"), "arch": "vgg-d"}, manifest).lr == 1e-2  # A -> D
     assert build_config({"init_from": str(run / "best"), "lr": 0.05}, manifest).lr == 0.05
+
+
+# Streaming training: what runs when a split is too big to decode up front, or holds photos of many sizes.
+
+@pytest.fixture
+def streamed(monkeypatch):
+    monkeypatch.setattr("vgg_toolkit.training_run.IN_MEMORY_LIMIT", 0)
+
+
+def stream_train(shards, run, *extra):
+    return vggtk("train", "--data", shards, "--run-dir", run, "--epochs", 1, "--batch-size", 16, "--lr", "0.02",
+                 "--checkpoint-every", 3, "--keep-last", 0, *extra)
+
+
+def test_streaming_run_killed_mid_epoch_resumes_to_the_same_weights_on_the_same_reader_grid(streamed, shards,
+                                                                                            tmp_path):
+    from safetensors.torch import load_file
+
+    whole = stream_train(shards, tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "whole", cut)
+    checkpoints = sorted(cut.glob("ckpt-*"))
+    for later in checkpoints[1:] + [cut / "best"]:
+        shutil.rmtree(later)  # as if killed after the first mid-epoch checkpoint (step 3 of 9)
+    resumed = stream_train(shards, cut)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resumed from {checkpoints[0]}" in resumed.output.replace("\n", "")
+    final = sorted((tmp_path / "whole").glob("ckpt-*"))[-1].name
+    a, b = load_file(tmp_path / "whole" / final / "model.safetensors"), load_file(cut / final / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    other_grid = stream_train(shards, tmp_path / "whole", "--resume", tmp_path / "whole" / checkpoints[0].name,
+                              "--workers", 2)
+    assert other_grid.exit_code != 0
+    assert "stopped mid-epoch with workers 1 (this run: 2); resume with the same" in str(other_grid.exception)
+
+
+def test_streaming_training_counts_and_names_skipped_samples(streamed, shards, tmp_path):
+    data = tmp_path / "shards"
+    shutil.copytree(shards, data)
+    # A source image that was already broken when the shard was written: the shard itself is sound.
+    manifest = Manifest.load(data)
+    tar = manifest.shard_paths("train")[0]
+    records = [Record(raw["__key__"], raw["png"], "png", int(raw["cls"])) for raw in iter_raw(str(tar))]
+    bad = records[0]
+    records[0] = Record(bad.key, bad.image[:8] + bytes(len(bad.image) - 8), "png", bad.label)
+    writer = ShardWriter(tar)
+    for record in records:
+        writer.write(record)
+    manifest.splits["train"][0] = writer.close()
+    manifest.write()
+    member = f"{bad.key}.png"
+
+    failed = stream_train(data, tmp_path / "fail")
+    assert failed.exit_code != 0 and f"{tar.name}[{member}]: cannot decode image" in str(failed.exception)
+
+    result = stream_train(data, tmp_path / "skip", "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    assert "epoch 1: skipped 1 unreadable training sample(s)" in result.output
+    assert member in result.output.replace("\n", "")
+    epoch = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert epoch["event"] == "epoch" and epoch["train_skipped"] == 1

@@ -31,8 +31,6 @@ class InMemorySource:
     device, on whole batches.
     """
 
-    exact_any_world_size = True  # global batches do not depend on the rank count
-
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                  num_classes: int, mean: list[float], train_transform: Transform | None = None,
                  val_transform: Transform | None = None, seed: int = 0, keys: list[str] | None = None):
@@ -55,6 +53,12 @@ class InMemorySource:
             sample = {"image": image, "label": int(label), "key": key}
             out.append(transform(sample, sample_generator(self.seed, epoch, key))["image"])
         return torch.stack(out)
+
+    def split_layout(self, env: DistEnv) -> dict:
+        return {}  # global batches depend on the seed alone, not on the rank count
+
+    def pop_skipped(self) -> tuple[int, str]:
+        return 0, ""  # bad samples were dropped, and reported, when the split was decoded
 
     def num_batches(self, global_batch: int, env: DistEnv | None = None, micro_batch: int | None = None) -> int:
         return len(self.train_images) // global_batch  # the last partial batch is dropped

@@ -67,7 +67,13 @@ class BatchSource(Protocol):
     """What the loop needs from data: uint8 NCHW batches for one rank, and how to normalise them."""
 
     num_classes: int
-    exact_any_world_size: bool  # True when a started epoch can resume on a different number of ranks
+
+    def split_layout(self, env: DistEnv) -> dict:
+        """What a started epoch's remaining batches depend on besides the seed (rank count, reader
+        workers...); a mid-epoch resume needs the same. Empty when any layout resumes exactly."""
+
+    def pop_skipped(self) -> tuple[int, str]:
+        """Training samples this rank skipped as unreadable since the last call, and what they were."""
 
     def num_batches(self, global_batch: int, env: DistEnv, micro_batch: int) -> int:
         """Global batches per epoch (the same on every rank)."""
@@ -198,18 +204,19 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
     schedule = PlateauSchedule(config.lr, patience=config.lr_patience, max_drops=config.max_lr_drops)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "history": [], "running": [0.0, 0.0],
              "config": asdict(config), "seed": config.seed, "world_size": env.world_size, "finished": False}
+    layout = source.split_layout(env)
     ckpt = _checkpoint_to_resume(run_dir, resume, env)
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, None)
         _check_resumable(state["config"], config, ckpt)
-        if state["batch_in_epoch"] and state.get("world_size") != env.world_size and not source.exact_any_world_size:
-            raise VggtkError(f"{ckpt} stopped mid-epoch with {state.get('world_size')} rank(s); resume with as many "
-                             "(this data source cannot re-split a started epoch)")
-        state["config"] = asdict(config)
+        if state["batch_in_epoch"]:
+            _check_layout(state.get("split_layout", {"world_size": state.get("world_size")}), layout, ckpt)
+        state.update(config=asdict(config), world_size=env.world_size)
         schedule = PlateauSchedule.from_state(state["schedule"])
     elif config.init_from:
         copied = initialise_from(model, config.init_from)
         on_event("initialised", {"source": config.init_from, "copied": copied})
+    state["split_layout"] = layout
     # The optimizer follows the model to its device, so resumed momentum lands beside the weights.
     model = prepare_model(model, device, conv_backend=config.conv_backend)
     # NHWC is faster for these convs on CUDA (cuDNN, the Triton kernels) and on CPU too (oneDNN:
@@ -291,13 +298,16 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
                     on_event("interrupted", _public(state))
                     raise KeyboardInterrupt
             _check_finite(bad_step, run_dir)
+            skipped, skip_detail = source.pop_skipped()
             train_loss = all_reduce_sum(running.clone(), env)
+            skipped = int(all_reduce_sum(torch.tensor(float(skipped), dtype=torch.float64, device=device), env).item())
             running.zero_()
             val = evaluate_top_k(model, source.val_batches(micro_batch), source.normalize, device)
             decision = schedule.update(100 - val["top1_err"])
             record = {"epoch": state["epoch"] + 1, "train_loss": train_loss[0].item() / max(train_loss[1].item(), 1),
                       "lr": optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in val.items()},
-                      "decision": decision, "seconds": time.perf_counter() - tick}
+                      "decision": decision, "seconds": time.perf_counter() - tick,
+                      **({"train_skipped": skipped, "skipped_detail": skip_detail} if skipped else {})}
             state["history"].append(record)
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
@@ -366,6 +376,14 @@ def initialise_from(model: nn.Module, source: str | Path) -> list[str]:
 
 def _public(state: dict) -> dict:
     return {k: state[k] for k in ("step", "epoch", "batch_in_epoch")}
+
+
+def _check_layout(saved: dict, ours: dict, ckpt: Path) -> None:
+    changed = [k for k in ours if k in saved and saved[k] != ours[k]]
+    if changed:
+        detail = ", ".join(f"{k} {saved[k]} (this run: {ours[k]})" for k in changed)
+        raise VggtkError(f"{ckpt} stopped mid-epoch with {detail}; resume with the same, since this data source "
+                         "cannot re-split a started epoch")
 
 
 def _check_finite(bad_step: torch.Tensor, run_dir: Path) -> None:

@@ -91,6 +91,10 @@ class TrainReporter:
             plot_history(self.history, self.run_dir / "metrics.png")
             say(f"epoch {state['epoch']}: loss {state['train_loss']:.3f}, val err {state['val_top1_err']:.2f}% / "
                 f"{state['val_top5_err']:.2f}%, lr {state['lr']:.0e}, {state['decision']}, {state['seconds']:.0f} s")
+            if state.get("train_skipped"):
+                detail = f" (rank 0: {state['skipped_detail']})" if state["skipped_detail"] else ""
+                say(f"epoch {state['epoch']}: skipped {state['train_skipped']} unreadable training sample(s){detail}",
+                    style="yellow", markup=False, highlight=False)
             if self.task is not None:
                 self.progress.reset(self.task, total=self.total)
         elif event == "checkpoint":

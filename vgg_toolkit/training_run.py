@@ -9,6 +9,7 @@ import torch
 from rich.console import Console
 
 from .batches import InMemorySource
+from .data.errors import SkipLog
 from .data.loader import make_loader, normalize_on_device
 from .data.manifest import Manifest
 from .data.pipeline import eval_pipeline, recipe, train_pipeline
@@ -27,13 +28,20 @@ class ShardSource:
     Ranks read disjoint ranges of samples, so DDP sees the same samples per epoch as one process but
     grouped into different global batches (the in-memory source keeps the groups too)."""
 
-    exact_any_world_size = False  # a started epoch's split among ranks depends on their number
-
     def __init__(self, data: Path, manifest: Manifest, train_pipe, val_pipe, seed: int, workers: int, on_error: str):
         self.data, self.manifest, self.seed, self.workers, self.on_error = data, manifest, seed, workers, on_error
         self.train_pipe, self.val_pipe = train_pipe, val_pipe
         self.num_classes = manifest.num_classes
         self.mean = manifest.stats.mean_rgb_255
+        self._skipped = SkipLog()
+
+    def split_layout(self, env: DistEnv) -> dict:
+        # Samples are dealt to ranks x reader workers, so a started epoch continues only on the same grid.
+        return {"world_size": env.world_size, "workers": max(1, self.workers)}
+
+    def pop_skipped(self) -> tuple[int, str]:
+        log, self._skipped = self._skipped, SkipLog()
+        return log.total, (f"{log.summary()}; first: {log.examples[0]}" if log.total else "")
 
     def _train_loader(self, epoch: int, env: DistEnv, micro_batch: int, start: int = 0):
         return make_loader(self.data, "train", batch_size=micro_batch, augment=self.train_pipe, seed=self.seed,
@@ -47,10 +55,12 @@ class ShardSource:
     def train_batches(self, epoch, start, env, global_batch, micro_batch):
         accum = global_batch // (env.world_size * micro_batch)
         limit = (self.num_batches(global_batch, env, micro_batch) - start) * accum
-        for i, (images, labels) in enumerate(self._train_loader(epoch, env, micro_batch, start * accum)):
+        loader = self._train_loader(epoch, env, micro_batch, start * accum)
+        for i, (images, labels) in enumerate(loader):
             if i >= limit:
                 break
             yield images, labels
+        self._skipped.merge(loader.skipped.counts, loader.skipped.examples)
 
     def val_batches(self, batch_size):
         loader = make_loader(self.data, "val", batch_size=batch_size, augment=self.val_pipe, rank=0, world_size=1,
