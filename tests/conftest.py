@@ -22,3 +22,43 @@ def host():
         yield plugin_manager.get_host()
     finally:
         plugin_manager.reset_host()
+
+
+# A tiny real training run, shared by the CLI, evaluation and transfer tests: three easy Fashion-MNIST
+# classes, 80 images each, two epochs of a narrow VGG-A (seconds on a CPU).
+TINY_CLASSES = {1: "trouser", 5: "sandal", 8: "bag"}
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory):
+    from PIL import Image
+
+    from cli_runner import vggtk
+    from realdata import fashion_sample
+
+    root = tmp_path_factory.mktemp("tiny")
+    images, labels = fashion_sample(1000)
+    taken = {c: 0 for c in TINY_CLASSES}
+    for image, label in zip(images, labels.tolist()):
+        if label in TINY_CLASSES and taken[label] < 80:
+            folder = root / "src" / TINY_CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[0, 2:30, 2:30].numpy()).save(folder / f"{label}_{taken[label]}.png")
+            taken[label] += 1
+    result = vggtk("shards", "create", root / "src", root / "shards", "--splits", "train=0.6,val=0.2,test=0.2",
+                   "--samples-per-shard", 50)
+    assert result.exit_code == 0, result.output
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def trained(shards, tmp_path_factory):
+    """(run directory, console output) of `vggtk train` on ``shards``."""
+    from cli_runner import vggtk
+
+    run = tmp_path_factory.mktemp("run")
+    config = run / "run.toml"
+    config.write_text('arch = "vgg-a"\nepochs = 2\nbatch_size = 16\n')
+    result = vggtk("train", "--data", shards, "--run-dir", run, "--config", config, "--lr", "0.02")
+    assert result.exit_code == 0, result.output
+    return run, result.output

@@ -1,54 +1,17 @@
-"""`vggtk train` then `vggtk eval` through the real command line, on shards built from real
-Fashion-MNIST images (three classes, a few hundred images, so it runs in seconds)."""
+"""`vggtk train` then `vggtk eval` through the real command line, on the tiny real shards and run of
+``conftest`` (three Fashion-MNIST classes, a few hundred images, so it runs in seconds)."""
 
 import json
 import shutil
 
 import pytest
 import torch
-from PIL import Image
-from typer.testing import CliRunner
 
-from realdata import fashion_sample
-from vgg_toolkit.cli import build_app
+from cli_runner import vggtk
 from vgg_toolkit.data.manifest import Manifest
 from vgg_toolkit.data.reader import iter_raw
 from vgg_toolkit.data.records import Record
 from vgg_toolkit.data.writer import ShardWriter
-
-CLASSES = {1: "trouser", 5: "sandal", 8: "bag"}
-
-
-def vggtk(*args):
-    result = CliRunner().invoke(build_app(), [str(a) for a in args], env={"COLUMNS": "200"})
-    return result
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    images, labels = fashion_sample(1000)
-    taken = {c: 0 for c in CLASSES}
-    for image, label in zip(images, labels.tolist()):
-        if label in CLASSES and taken[label] < 80:
-            folder = root / "src" / CLASSES[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image[0, 2:30, 2:30].numpy()).save(folder / f"{label}_{taken[label]}.png")
-            taken[label] += 1
-    result = vggtk("shards", "create", root / "src", root / "shards", "--splits", "train=0.6,val=0.2,test=0.2",
-                   "--samples-per-shard", 50)
-    assert result.exit_code == 0, result.output
-    return root / "shards"
-
-
-@pytest.fixture(scope="module")
-def trained(shards, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    config = run / "run.toml"
-    config.write_text('arch = "vgg-a"\nepochs = 2\nbatch_size = 16\n')
-    result = vggtk("train", "--data", shards, "--run-dir", run, "--config", config, "--lr", "0.02")
-    assert result.exit_code == 0, result.output
-    return run, result.output
 
 
 def test_train_writes_checkpoints_metrics_plot_and_the_resolved_config(trained, shards):

@@ -110,15 +110,6 @@ def convert(
     console.print(f"{src} ({found} layout) -> {dst} ({to.value} layout), {len(model.state_dict())} tensors")
 
 
-def _not_yet(tracked_in: str, what: str):
-    raise VggtkError(f"`vggtk {what}` is not implemented yet (tracked in {tracked_in})")
-
-
-def extract_features():
-    """Not implemented yet: the paper's transfer descriptors (dense FC7, pooled, flipped, L2-normed)."""
-    _not_yet("the transfer-features issue", "extract-features")
-
-
 def build_app() -> typer.Typer:
     """A new root app with the built-in commands and every plugin's."""
     app = typer.Typer(
@@ -138,7 +129,6 @@ def build_app() -> typer.Typer:
     app.command(name="train")(train_command)
     app.add_typer(shards_app, name="shards", help="Create, inspect and verify WebDataset shards.")
     app.command(name="eval")(eval_command)
-    app.command(name="extract-features")(extract_features)
     get_host().pm.hook.vggtk_register_commands(app=app)
     return app
 

@@ -1,0 +1,105 @@
+"""The paper's transfer descriptors (Appendix B) and `vggtk extract-features`, on real images."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from cli_runner import vggtk
+from realdata import fashion_sample, photo
+from vgg_toolkit.data.manifest import Manifest
+from vgg_toolkit.errors import VggtkError
+from vgg_toolkit.models import create_model
+from vgg_toolkit.plugins.transfer_features import descriptor_scales, image_descriptors
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return create_model("vgg-a", num_classes=10, input_size=32, width=0.125, fc_dim=64, init="kaiming").eval()
+
+
+def test_descriptors_are_unit_length_and_the_same_for_an_image_and_its_mirror_image(net):
+    images = torch.stack([photo("chelsea", 64), photo("coffee", 64)])
+    assert images.shape[-1] > 64  # landscape: the mirror image is a different input
+    d = image_descriptors(net, images, scales=[64, 96])
+    assert d.shape == (2, 64)
+    assert torch.allclose(d.norm(dim=1), torch.ones(2), atol=1e-6)
+    assert torch.allclose(image_descriptors(net, images.flip(-1), scales=[64, 96]), d, atol=1e-5)
+    assert not torch.allclose(image_descriptors(net, images, scales=[64, 96], flip=False),
+                              image_descriptors(net, images.flip(-1), scales=[64, 96], flip=False), atol=1e-3)
+
+
+def test_at_the_input_size_the_dense_descriptor_is_the_linear_nets_fc7(net):
+    images = fashion_sample(4)[0].float().expand(-1, 3, -1, -1) - 70.0  # 32x32, the net's input size
+    with torch.no_grad():
+        fc7 = net.forward_features(images, taps=("fc7",))["fc7"]  # Linear classifier, no flip
+    dense = image_descriptors(net, images, scales=[32], flip=False)
+    assert torch.allclose(dense, F.normalize(fc7, dim=1), atol=1e-5)
+    assert not net.fully_conv  # the classifier's form is restored
+
+
+def test_stacked_scales_hold_each_scales_descriptor(net):
+    image = photo("coffee", 48)[None]
+    both = image_descriptors(net, image, scales=[48, 80], combine="stack")
+    assert both.shape == (1, 128)
+    for i, q in enumerate([48, 80]):
+        alone = image_descriptors(net, image, scales=[q])
+        assert torch.allclose(F.normalize(both[:, 64 * i:64 * (i + 1)], dim=1), alone, atol=1e-5)
+    with pytest.raises(VggtkError, match="unknown way to combine scales 'sum'"):
+        image_descriptors(net, image, scales=[48], combine="sum")
+
+
+def test_default_scales_are_the_papers_multi_scale_set_raised_to_the_input_size(net):
+    net.vggtk_train_scale = (32, 40)
+    assert descriptor_scales(net) == (32, 36, 40)
+    net.vggtk_train_scale = 32
+    assert descriptor_scales(net) == (32, 64)  # {S-32, S, S+32}: 0 -> 32 and 32 merge
+    assert descriptor_scales(net, [16, 48]) == (32, 48)
+    del net.vggtk_train_scale
+
+
+def read(path):
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor("features"), f.get_tensor("labels"), f.metadata()
+
+
+def test_extract_features_writes_each_split_and_its_features_separate_the_classes(trained, shards, tmp_path):
+    run, _ = trained
+    result = vggtk("extract-features", run / "best", "--data", shards, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.load(shards)
+    data = {}
+    for split in ("train", "val", "test"):
+        features, labels, meta = read(tmp_path / f"{split}.safetensors")
+        assert features.shape == (manifest.samples(split), 256) and labels.shape == (manifest.samples(split),)
+        keys = json.loads(meta["keys"])
+        assert len(set(keys)) == len(keys) == len(labels)
+        assert json.loads(meta["scales"]) == [[32, 36, 40]] and json.loads(meta["tap"]) == "fc7"
+        assert f"{split}: {len(labels)} images x 256 features" in result.output
+        data[split] = features, labels
+    # A nearest-class-mean classifier on the training split's descriptors sorts the test images.
+    features, labels = data["train"]
+    means = F.normalize(torch.stack([features[labels == c].mean(0) for c in range(3)]), dim=1)
+    test_features, test_labels = data["test"]
+    accuracy = ((test_features @ means.T).argmax(1) == test_labels).float().mean().item()
+    assert accuracy >= 0.9, accuracy
+
+
+def test_two_checkpoints_are_stacked_and_bad_requests_are_named(trained, shards, tmp_path):
+    run, _ = trained
+    one = vggtk("extract-features", run / "best", "--data", shards, "--splits", "val", "--out", tmp_path / "one",
+                "--scales", "32", "--no-flip")
+    two = vggtk("extract-features", run / "best", run / "best", "--data", shards, "--splits", "val",
+                "--out", tmp_path / "two", "--scales", "32", "--no-flip")
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    single, _, _ = read(tmp_path / "one" / "val.safetensors")
+    double, _, meta = read(tmp_path / "two" / "val.safetensors")
+    assert torch.allclose(double, torch.cat([single, single], 1) / 2**0.5, atol=1e-6)
+    assert len(json.loads(meta["checkpoints"])) == 2
+    missing = vggtk("extract-features", run / "best", "--data", shards, "--splits", "holdout", "--out", tmp_path)
+    assert "no split 'holdout'; it has train, val, test" in str(missing.exception)
+    tap = vggtk("extract-features", run / "best", "--data", shards, "--tap", "fc9", "--out", tmp_path)
+    assert "unknown feature tap(s) fc9" in str(tap.exception)
