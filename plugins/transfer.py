@@ -1,5 +1,6 @@
-"""Registers ``vggtk extract-features``: the paper's transfer descriptors (``transfer_features``) for
-every image of some splits of the shards, written as one safetensors file per split."""
+"""Registers ``vggtk extract-features`` (the paper's transfer descriptors, ``transfer_features``, for
+every image of some splits of the shards, one safetensors file per split) and ``vggtk linear-probe``
+(the linear SVM the paper trains on them)."""
 
 from __future__ import annotations
 
@@ -128,6 +129,48 @@ def extract_features_command(
                       f"{' + '.join(','.join(map(str, q)) for q in result['scales'])}) -> {path}", markup=False)
 
 
+def read_features(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(features, labels, metadata) of a file written by ``write_features``."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise VggtkError(f"{path}: no such features file (write it with `vggtk extract-features`)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("features"), f.get_tensor("labels"), f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise VggtkError(f"{path}: not a features file ({exc})") from None
+
+
+def linear_probe_command(
+    features: Path = typer.Argument(Path("runs/features"), help="Directory written by `vggtk extract-features`."),
+    train: str = typer.Option("train", help="Split to fit on."),
+    val: Optional[str] = typer.Option("val", help="Split that picks C, when present ('' to skip)."),
+    test: str = typer.Option("test", help="Split to score."),
+    c: Optional[float] = typer.Option(None, help="SVM C \\[default: picked on --val from 0.01, 0.1, 1, 10; else 1]."),
+):
+    """Fit the paper's linear SVM on one split's transfer features and report another's accuracy and mean
+    class recall."""
+    from vgg_toolkit.linear_probe import probe
+
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    x, y, meta = read_features(features / f"{train}.safetensors")
+    tx, ty, _ = read_features(features / f"{test}.safetensors")
+    valid = None
+    if val and (features / f"{val}.safetensors").is_file():
+        valid = read_features(features / f"{val}.safetensors")[:2]
+    classes = json.loads(meta.get("classes", "null")) or sorted(set(y.tolist()) | set(ty.tolist()))
+    if x.shape[1] != tx.shape[1]:
+        raise VggtkError(f"{features}: {train} has {x.shape[1]} features per image but {test} has {tx.shape[1]}")
+    result = probe((x, y), (tx, ty), len(classes), val=valid, c=c)
+    for candidate, acc in result["val_accuracy_by_c"].items():
+        console.print(f"C={candidate:g}: {val} accuracy {acc:.2f}%")
+    console.print(f"linear SVM (C={result['c']:g}) fitted on {len(y)} {train} images: {test} accuracy "
+                  f"{result['accuracy']:.2f}%, mean class recall {result['mean_class_recall']:.2f}% "
+                  f"({len(ty)} images)")
+
+
 @hookimpl
 def vggtk_register_commands(app):
     app.command(name="extract-features")(extract_features_command)
+    app.command(name="linear-probe")(linear_probe_command)

@@ -11,6 +11,7 @@ from cli_runner import vggtk
 from realdata import fashion_sample, photo
 from vgg_toolkit.data.manifest import Manifest
 from vgg_toolkit.errors import VggtkError
+from vgg_toolkit.linear_probe import fit_linear_svm
 from vgg_toolkit.models import create_model
 from vgg_toolkit.plugins.transfer_features import descriptor_scales, image_descriptors
 
@@ -66,19 +67,25 @@ def read(path):
         return f.get_tensor("features"), f.get_tensor("labels"), f.metadata()
 
 
-def test_extract_features_writes_each_split_and_its_features_separate_the_classes(trained, shards, tmp_path):
-    run, _ = trained
-    result = vggtk("extract-features", run / "best", "--data", shards, "--out", tmp_path)
+@pytest.fixture(scope="module")
+def extracted(trained, shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("features")
+    result = vggtk("extract-features", trained[0] / "best", "--data", shards, "--out", out)
     assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_extract_features_writes_each_split_and_its_features_separate_the_classes(extracted, shards):
+    out, output = extracted
     manifest = Manifest.load(shards)
     data = {}
     for split in ("train", "val", "test"):
-        features, labels, meta = read(tmp_path / f"{split}.safetensors")
+        features, labels, meta = read(out / f"{split}.safetensors")
         assert features.shape == (manifest.samples(split), 256) and labels.shape == (manifest.samples(split),)
         keys = json.loads(meta["keys"])
         assert len(set(keys)) == len(keys) == len(labels)
         assert json.loads(meta["scales"]) == [[32, 36, 40]] and json.loads(meta["tap"]) == "fc7"
-        assert f"{split}: {len(labels)} images x 256 features" in result.output
+        assert f"{split}: {len(labels)} images x 256 features" in output
         data[split] = features, labels
     # A nearest-class-mean classifier on the training split's descriptors sorts the test images.
     features, labels = data["train"]
@@ -86,6 +93,34 @@ def test_extract_features_writes_each_split_and_its_features_separate_the_classe
     test_features, test_labels = data["test"]
     accuracy = ((test_features @ means.T).argmax(1) == test_labels).float().mean().item()
     assert accuracy >= 0.9, accuracy
+
+
+def test_the_linear_svm_reaches_its_optimum_on_real_features(extracted):
+    features, labels, _ = read(extracted[0] / "train.safetensors")
+    svm = fit_linear_svm(features, labels, 3, c=1.0)
+    # The objective's gradient vanishes at the solution (it is convex and smooth).
+    w = svm.weight.double().requires_grad_()
+    b = svm.bias.double().requires_grad_()
+    targets = torch.full((len(labels), 3), -1.0, dtype=torch.float64)
+    targets[torch.arange(len(labels)), labels] = 1.0
+    margins = (1 - targets * (features.double() @ w.T + b)).clamp(min=0)
+    (0.5 * w.pow(2).sum() / len(labels) + margins.pow(2).sum() / len(labels)).backward()
+    assert w.grad.norm() < 1e-4 and b.grad.norm() < 1e-4
+    assert (svm.predict(features) == labels).float().mean() > 0.95
+
+
+def test_linear_probe_picks_c_on_val_and_scores_the_test_split(extracted, tmp_path):
+    out, _ = extracted
+    result = vggtk("linear-probe", out)
+    assert result.exit_code == 0, result.output
+    assert [line.split(":")[0] for line in result.output.splitlines() if line.startswith("C=")] == \
+        ["C=0.01", "C=0.1", "C=1", "C=10"]
+    accuracy = float(result.output.split("test accuracy")[1].split("%")[0])
+    assert accuracy >= 90, result.output
+    fixed = vggtk("linear-probe", out, "--c", "1", "--val", "")
+    assert fixed.exit_code == 0 and "C=0.01" not in fixed.output and "linear SVM (C=1)" in fixed.output
+    missing = vggtk("linear-probe", tmp_path)
+    assert "train.safetensors: no such features file" in str(missing.exception)
 
 
 def test_two_checkpoints_are_stacked_and_bad_requests_are_named(trained, shards, tmp_path):
