@@ -5,7 +5,6 @@ every image of some splits of the shards, one safetensors file per split) and ``
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -73,16 +72,11 @@ def extract_on_shards(models, data: Path, split: str, *, scales=None, tap: str =
 
 def write_features(result: dict, path: Path, meta: dict) -> Path:
     """``features`` and ``labels`` tensors, sample keys and settings in the metadata; written atomically."""
-    from safetensors.torch import save_file
+    from vgg_toolkit.weights import save_safetensors
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
     metadata = {"keys": json.dumps(result["keys"]), "classes": json.dumps(result["classes"]),
                 "scales": json.dumps(result["scales"]), **{k: json.dumps(v) for k, v in meta.items()}}
-    save_file({"features": result["features"].contiguous(), "labels": result["labels"].contiguous()}, str(tmp),
-              metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return save_safetensors({"features": result["features"], "labels": result["labels"]}, path, metadata)
 
 
 def extract_features_command(

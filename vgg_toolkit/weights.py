@@ -82,19 +82,24 @@ def _load_plain(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 
 def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "vggtk") -> Path:
     """Write the model's weights as safetensors, atomically (temp file, then rename)."""
-    path = Path(path)
     if hasattr(model, "export_state_dict"):
         tensors = model.export_state_dict(layout)
     elif layout == "vggtk":
         tensors = model.state_dict()
     else:
         raise WeightsError(f"{type(model).__name__} knows only the vggtk layout, not {layout!r}")
-    # safetensors refuses shared or non-contiguous storage; weights are small next to a disk write.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     metadata = {"layout": layout}
     arch = getattr(model, "vggtk_arch", None)
     if arch is not None and layout == "vggtk":
         metadata[ARCH_METADATA_KEY] = json.dumps(arch)
+    return save_safetensors(tensors, path, metadata)
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Tensors and string metadata as one safetensors file, written atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    # safetensors refuses shared or non-contiguous storage; copies are small next to a disk write.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
