@@ -141,7 +141,7 @@ def linear_probe_command(
     train: str = typer.Option("train", help="Split to fit on."),
     val: Optional[str] = typer.Option("val", help="Split that picks C, when present ('' to skip)."),
     test: str = typer.Option("test", help="Split to score."),
-    c: Optional[float] = typer.Option(None, help="SVM C \\[default: picked on --val from 0.01, 0.1, 1, 10; else 1]."),
+    c: Optional[float] = typer.Option(None, help="SVM C \\[default: picked on --val from 0.1, 1, ..., 1000; else 1]."),
 ):
     """Fit the paper's linear SVM on one split's transfer features and report another's accuracy and mean
     class recall."""

@@ -114,11 +114,11 @@ def test_linear_probe_picks_c_on_val_and_scores_the_test_split(extracted, tmp_pa
     result = vggtk("linear-probe", out)
     assert result.exit_code == 0, result.output
     assert [line.split(":")[0] for line in result.output.splitlines() if line.startswith("C=")] == \
-        ["C=0.01", "C=0.1", "C=1", "C=10"]
+        ["C=0.1", "C=1", "C=10", "C=100", "C=1000"]
     accuracy = float(result.output.split("test accuracy")[1].split("%")[0])
     assert accuracy >= 90, result.output
     fixed = vggtk("linear-probe", out, "--c", "1", "--val", "")
-    assert fixed.exit_code == 0 and "C=0.01" not in fixed.output and "linear SVM (C=1)" in fixed.output
+    assert fixed.exit_code == 0 and "C=0.1" not in fixed.output and "linear SVM (C=1)" in fixed.output
     missing = vggtk("linear-probe", tmp_path)
     assert "train.safetensors: no such features file" in str(missing.exception)
 

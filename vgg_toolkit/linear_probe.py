@@ -13,7 +13,7 @@ import torch
 
 from .errors import VggtkError
 
-C_GRID = (0.01, 0.1, 1.0, 10.0)
+C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)  # descriptors are unit-length: useful C runs high
 
 
 @dataclass
