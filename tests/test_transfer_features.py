@@ -1,6 +1,7 @@
 """The paper's transfer descriptors (Appendix B) and `vggtk extract-features`, on real images."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from vgg_toolkit.errors import VggtkError
 from vgg_toolkit.linear_probe import fit_linear_svm
 from vgg_toolkit.models import create_model
 from vgg_toolkit.plugins.transfer_features import descriptor_scales, image_descriptors
+
+SHARDS = Path(__file__).resolve().parents[1] / "shards"
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +141,28 @@ def test_two_checkpoints_are_stacked_and_bad_requests_are_named(trained, shards,
     assert "no split 'holdout'; it has train, val, test" in str(missing.exception)
     tap = vggtk("extract-features", run / "best", "--data", shards, "--tap", "fc9", "--out", tmp_path)
     assert "unknown feature tap(s) fc9" in str(tap.exception)
+
+
+def test_photos_of_many_sizes_are_described_one_at_a_time(tmp_path):
+    """The localisation shards hold real photos of different sizes: no batch is padded, and each photo's
+    row is what the protocol gives that photo alone."""
+    from vgg_toolkit.data.loader import make_loader, normalize_on_device
+    from vgg_toolkit.weights import save_weights
+
+    shards = SHARDS / "localisation"
+    torch.manual_seed(0)
+    model = create_model("vgg-a", num_classes=5, input_size=32, width=0.125, fc_dim=64, init="kaiming")
+    weights = save_weights(model, tmp_path / "net.safetensors")
+    result = vggtk("extract-features", weights, "--data", shards, "--splits", "test", "--limit", 6,
+                   "--scales", "64", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    features, labels, meta = read(tmp_path / "test.safetensors")
+    assert features.shape == (6, 64)
+    loader = make_loader(shards, "test", batch_size=1, augment="none", shuffle=False, drop_last=False)
+    photos = [batch for _, batch in zip(range(6), loader)]
+    assert len({tuple(b.images.shape[-2:]) for b in photos}) > 1  # really of different sizes
+    assert json.loads(meta["keys"]) == [b.keys[0] for b in photos]
+    for row, batch in zip(features, photos):
+        x = normalize_on_device(batch.images, Manifest.load(shards))
+        alone = image_descriptors(model, x, scales=[64])
+        assert torch.allclose(row, alone[0], atol=1e-4)
