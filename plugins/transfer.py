@@ -29,6 +29,7 @@ def extract_on_shards(models, data: Path, split: str, *, scales=None, tap: str =
 
     from vgg_toolkit.data.loader import make_loader, normalize_on_device
     from vgg_toolkit.data.manifest import Manifest
+    from vgg_toolkit.devices import mixed_precision
 
     manifest = Manifest.load(data)
     if split not in manifest.splits:
@@ -55,7 +56,8 @@ def extract_on_shards(models, data: Path, split: str, *, scales=None, tap: str =
             for model, mean, qs in zip(models, means, used):
                 device = next(model.parameters()).device
                 x = normalize_on_device(images.to(device), mean)
-                parts.append(image_descriptors(model, x, qs, tap=tap, flip=flip, combine=combine).cpu())
+                with mixed_precision(device):
+                    parts.append(image_descriptors(model, x, qs, tap=tap, flip=flip, combine=combine).cpu())
             features.append(stacked(parts))
             labels.append(batch.labels[:take])
             keys.extend(batch.keys[:take])
@@ -99,7 +101,7 @@ def extract_features_command(
     one row per image with its label and key; for a linear classifier trained on another task."""
     from vgg_toolkit.cli_train import resolve_data
     from vgg_toolkit.data.manifest import Manifest
-    from vgg_toolkit.engine import pick_device
+    from vgg_toolkit.devices import pick_device
     from vgg_toolkit.evaluate import parse_scales
     from vgg_toolkit.evaluation_run import load_trained
 

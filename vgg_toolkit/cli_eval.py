@@ -33,7 +33,7 @@ def eval_command(
 ):
     """Evaluate with the paper's protocols: centre crop, dense, multi-crop (5x5 grid x 2 flips), combined;
     single or multiple scales; ensembles of several checkpoints."""
-    from .engine import pick_device
+    from .devices import pick_device
     from .evaluate import parse_scales, print_results, write_json
     from .evaluation_run import evaluate_on_shards, load_trained
 

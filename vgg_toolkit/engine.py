@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_optimizer, save_checkpoint, weights_file
+from .devices import mixed_precision, pick_device
 from .distributed import DistEnv, all_reduce_sum, broadcast_object, init_distributed, shutdown
 from .errors import VggtkError
 from .layers import global_rows
@@ -91,15 +92,6 @@ class NonFiniteError(VggtkError):
     pass
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VggtkError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weights only: biases and normalisation scales are not penalised."""
     decay, no_decay = [], []
@@ -114,18 +106,12 @@ def evaluate_top_k(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     whole split, so all ranks take the same schedule decision without another collective."""
     model.eval()
     logits, targets = [], []
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), mixed_precision(device):
         for images, labels in batches:
             logits.append(model(normalize(images.to(device, non_blocking=True))).float().cpu())
             targets.append(labels)
     errors = topk_errors(torch.cat(logits), torch.cat(targets), (1, 5))  # fractions
     return {"top1_err": 100 * errors[1], "top5_err": 100 * errors[5]}
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # Options that may change when a run resumes; any other difference is an error, not a silent mix.
@@ -268,7 +254,7 @@ def _train(config, source, run_dir, resume, device, env, on_event) -> dict:
                     torch.manual_seed(derived_seed(config.seed, "step", state["step"]))
                     sync = contextlib.nullcontext() if (i == len(micro) - 1 or not env.enabled) else net.no_sync()
                     rows = global_rows(model, env.rank * per_rank + i * micro_batch, config.batch_size)
-                    with sync, rows, _autocast(device):
+                    with sync, rows, mixed_precision(device):
                         x = source.normalize(x.to(device, non_blocking=True))
                         x = x.contiguous(memory_format=torch.channels_last)
                         loss = F.cross_entropy(net(x).float(), y.to(device, non_blocking=True)) / len(micro)

@@ -14,7 +14,6 @@ import math
 import os
 import re
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -22,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .devices import mixed_precision
 from .errors import VggtkError
 from .metrics import confusion_matrix, per_class_accuracy, save_confusion_png, topk_errors
 
@@ -316,8 +316,7 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
             for model in models:
                 device = next((p.device for p in model.parameters()), torch.device("cpu"))
                 images = _to(images, device)
-                use_amp = device.type == "cuda" if autocast is None else autocast
-                amp = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
+                amp = mixed_precision(device, autocast)
                 _sync(device)
                 start = time.perf_counter()
                 with amp:

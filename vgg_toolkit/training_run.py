@@ -14,7 +14,8 @@ from .data.loader import make_loader, normalize_on_device
 from .data.manifest import Manifest
 from .data.pipeline import eval_pipeline, recipe, train_pipeline
 from .distributed import DistEnv
-from .engine import TrainConfig, pick_device, train
+from .devices import pick_device
+from .engine import TrainConfig, train
 from .errors import VggtkError
 from .evaluate import paper_test_scales
 from .reporting import TrainReporter
