@@ -2,21 +2,14 @@
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from cli_runner import vggtk
 from vgg_toolkit import create_model, load_weights, save_weights
-from vgg_toolkit.cli import build_app, main
+from vgg_toolkit.cli import main
 from vgg_toolkit.weights import read_tensors
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(build_app(), list(args), env={"COLUMNS": "200"})
-
-
 def test_models_table_has_the_exact_counts():
-    result = invoke("models")
+    result = vggtk("models")
     assert result.exit_code == 0, result.output
     for count in ["132,863,336", "133,047,848", "133,638,952", "138,357,544", "143,667,240"]:
         assert count in result.output
@@ -25,14 +18,14 @@ def test_models_table_has_the_exact_counts():
 
 
 def test_plugins_table_lists_builtins_with_what_they_register():
-    result = invoke("plugins")
+    result = vggtk("plugins")
     assert result.exit_code == 0, result.output
     assert "vgg-toolkit" in result.output and "architectures: vgg-a, vgg-a-lrn" in result.output
 
 
 @pytest.mark.parametrize("command", ["models", "plugins", "convert", "train", "eval", "extract-features"])
 def test_every_command_has_help(command):
-    result = invoke(command, "--help")
+    result = vggtk(command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output
 
 
@@ -40,13 +33,13 @@ def test_convert_between_layouts(tmp_path):
     torch.manual_seed(0)
     model = create_model("vgg-a", num_classes=5, width=1 / 16, fc_dim=16, input_size=32, init="glorot")
     src = save_weights(model, tmp_path / "a.safetensors")
-    result = invoke("convert", str(src), str(tmp_path / "a_tv.safetensors"), "--to", "torchvision")
+    result = vggtk("convert", str(src), str(tmp_path / "a_tv.safetensors"), "--to", "torchvision")
     assert result.exit_code == 0, result.output
     assert "(vggtk layout)" in result.output and "(torchvision layout)" in result.output
     assert "classifier.6.weight" in read_tensors(tmp_path / "a_tv.safetensors")
     # Back again: a torchvision file records no architecture, so --arch names it.
     back = tmp_path / "a_back.safetensors"
-    result = invoke("convert", str(tmp_path / "a_tv.safetensors"), str(back), "--arch", "vgg-a")
+    result = vggtk("convert", str(tmp_path / "a_tv.safetensors"), str(back), "--arch", "vgg-a")
     assert result.exit_code != 0  # width differs from the default: shapes cannot fit
     assert "do not fit" in str(result.exception)
 
@@ -59,9 +52,9 @@ def test_convert_full_size_torchvision_file_needs_and_uses_arch(tmp_path):
     for p in model.parameters():
         torch.nn.init.constant_(p, 0.5)
     save_weights(model, tmp_path / "tv.safetensors", layout="torchvision")
-    result = invoke("convert", str(tmp_path / "tv.safetensors"), str(tmp_path / "out.safetensors"))
+    result = vggtk("convert", str(tmp_path / "tv.safetensors"), str(tmp_path / "out.safetensors"))
     assert result.exit_code != 0 and "--arch" in str(result.exception)
-    result = invoke("convert", str(tmp_path / "tv.safetensors"), str(tmp_path / "out.safetensors"), "--arch", "vgg11")
+    result = vggtk("convert", str(tmp_path / "tv.safetensors"), str(tmp_path / "out.safetensors"), "--arch", "vgg11")
     assert result.exit_code == 0, result.output
     back = create_model("vgg-a", num_classes=3)
     load_weights(back, tmp_path / "out.safetensors")
@@ -85,6 +78,6 @@ def test_plugins_table_shows_a_name_clash_instead_of_failing(host):
             register("vgg-b", lambda num_classes=1000: None)
 
     host.register(Impostor(), "impostor")
-    result = invoke("plugins")
+    result = vggtk("plugins")
     assert result.exit_code == 0, result.output
     assert "claimed by two plugins: 'vgg' and 'impostor'" in " ".join(result.output.split())
