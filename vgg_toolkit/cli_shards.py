@@ -63,6 +63,8 @@ def create(
     compress: str = typer.Option("auto", help="gzip the shards: auto (when the images are PNG), yes, no."),
     data_root: str = typer.Option(None, help="Folder of a packaged source's files (default: its Debian package)."),
     source_option: list[str] = typer.Option([], help="KEY=VALUE for a packaged source (e.g. train=12000)."),
+    into_nonempty: bool = typer.Option(False, "--into-nonempty", help="Write into a folder that holds other "
+                                       "files (and no shard set); they are left as they are."),
 ):
     """Write WebDataset shards (KEY.jpg|png, KEY.cls, optional KEY.json with boxes) and a manifest.json."""
     from .data.create import create_shards, parse_splits
@@ -79,7 +81,8 @@ def create(
                 bytes_per_shard=bytes_per_shard or None, shuffle=shuffle, seed=seed, splits=parse_splits(splits),
                 workers=workers, compress={"auto": None, "yes": True, "no": False}[compress],
                 progress=lambda n: bar.advance(task, n),
-                on_split=lambda split, n: bar.update(task, description=f"writing {split} ({n})"))
+                on_split=lambda split, n: bar.update(task, description=f"writing {split} ({n})"),
+                into_nonempty=into_nonempty, warn=lambda line: console.print(f"warning: {line}", markup=False))
     except VggtkError as exc:
         _fail(exc)
     table = Table(title=f"{manifest.name}: {manifest.num_classes} classes -> {outdir}")

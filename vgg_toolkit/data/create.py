@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..errors import VggtkError
 from .manifest import ColorStats, Manifest
+from .publish import clean_debris, discard, previous_set, publish, staging_folder
 from .reader import derive_seed
 from .records import Record
 from .sources import SPLITS, Source
@@ -55,24 +56,30 @@ def assign_splits(source: Source, fractions: dict[str, float], seed: int) -> dic
     return {s: refs for s, refs in by_split.items() if refs}
 
 
-def _pixel_sums(record: Record) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+def _examine(record: Record, want_stats: bool):
+    """Decode the image in full (so a broken one is caught now, in any split): its (width, height),
+    mode, and, for the stats split, the sum of its RGB pixels and of their outer products ([0, 1] units)."""
     with Image.open(io.BytesIO(record.image)) as img:
+        img.load()
         w, h = img.size
-        rgb = np.asarray(img.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
-    return rgb.sum(0), rgb.T @ rgb, len(rgb), w, h
-
-
-def _image_info(record: Record) -> tuple[int, int, str]:
-    with Image.open(io.BytesIO(record.image)) as img:
-        return img.size[0], img.size[1], img.mode
+        sums = None
+        if want_stats:
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
+            sums = (rgb.sum(0), rgb.T @ rgb, len(rgb))
+        return (w, h, img.mode), sums
 
 
 def create_shards(source: Source, outdir: str | Path, *, samples_per_shard: int | None = None,
                   bytes_per_shard: int | None = None, shuffle: bool = True, seed: int = 0,
                   splits: dict[str, float] | None = None, workers: int = 2, compress: bool | None = None,
                   stats_split: str = "train", progress: Callable[[int], None] | None = None,
-                  on_split: Callable[[str, int], None] | None = None) -> Manifest:
+                  on_split: Callable[[str, int], None] | None = None, into_nonempty: bool = False,
+                  warn: Callable[[str], None] | None = None) -> Manifest:
     """Write ``outdir/{split}-000000.tar[.gz]``... and ``outdir/manifest.json``; return the manifest.
+
+    The set is written beside ``outdir`` and swapped in complete (``publish``): a failed or interrupted
+    run leaves the previous set as it was, and no file the tool did not write is touched. A folder that
+    holds other files but no shard set is refused unless ``into_nonempty``.
 
     Every sample of the stats split is decoded once to accumulate the mean RGB and the RGB
     covariance (for the colour shift). The same source, seed and options give byte-identical shards.
@@ -83,11 +90,22 @@ def create_shards(source: Source, outdir: str | Path, *, samples_per_shard: int 
     if not samples_per_shard and not bytes_per_shard:
         samples_per_shard = 5000
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    for line in clean_debris(outdir):
+        (warn or print)(line)
+    old = previous_set(outdir, into_nonempty)
     by_split = assign_splits(source, splits or {"train": 0.8, "val": 0.1, "test": 0.1}, seed)
-    for split in by_split:
-        for old in outdir.glob(f"{split}-*.tar*"):
-            old.unlink()  # a rebuild with fewer shards must not leave stale ones behind
+    staging = staging_folder(outdir)
+    try:
+        manifest = _write_set(source, staging, by_split, samples_per_shard=samples_per_shard,
+                              bytes_per_shard=bytes_per_shard, shuffle=shuffle, seed=seed, workers=workers,
+                              compress=compress, stats_split=stats_split, progress=progress, on_split=on_split)
+        return publish(staging, outdir, manifest, old)
+    finally:
+        discard(staging)
+
+
+def _write_set(source: Source, folder: Path, by_split: dict[str, list], *, samples_per_shard, bytes_per_shard,
+               shuffle, seed, workers, compress, stats_split, progress, on_split) -> Manifest:
     keys: set[str] = set()
     shards_out: dict[str, list] = {}
     s1, s2, npix = np.zeros(3), np.zeros((3, 3)), 0
@@ -96,9 +114,14 @@ def create_shards(source: Source, outdir: str | Path, *, samples_per_shard: int 
 
     def load(ref, want_stats: bool):
         record = ref.load()
+        where = getattr(ref, "path", None) or record.key
         if not 0 <= record.label < len(source.classes):
-            raise VggtkError(f"{record.key}: label {record.label} out of range for {len(source.classes)} classes")
-        return record, (_pixel_sums(record) if want_stats else None), _image_info(record)
+            raise VggtkError(f"{where}: label {record.label} out of range for {len(source.classes)} classes")
+        try:
+            info, sums = _examine(record, want_stats)
+        except Exception as exc:  # PIL raises many types for a broken file
+            raise VggtkError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None
+        return record, sums, info
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for split, refs in by_split.items():
@@ -127,7 +150,7 @@ def create_shards(source: Source, outdir: str | Path, *, samples_per_shard: int 
                     if writer is None:
                         if compress is None:
                             compress = record.ext == "png"
-                        writer = RollingWriter(outdir, split, samples_per_shard, bytes_per_shard,
+                        writer = RollingWriter(folder, split, samples_per_shard, bytes_per_shard,
                                                ".tar.gz" if compress else ".tar")
                     writer.write(record)
                     sides[0], sides[1] = min(sides[0], w, h), max(sides[1], w, h)
@@ -150,12 +173,9 @@ def create_shards(source: Source, outdir: str | Path, *, samples_per_shard: int 
     extra["image_size"] = {"min_side": sides[0], "max_side": sides[1]}
     extra["created_with"] = {"seed": seed, "shuffle": shuffle, "samples_per_shard": samples_per_shard,
                              "bytes_per_shard": bytes_per_shard, "compress": bool(compress)}
-    manifest = Manifest(root=outdir, classes=list(source.classes), splits=shards_out,
+    manifest = Manifest(root=folder, classes=list(source.classes), splits=shards_out,
                         stats=ColorStats.from_sums(s1, s2, npix) if npix else None, stats_split=stats_split,
                         channels=channels, name=source.name, extra=extra)
     manifest.write()
     return manifest
 
-
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
