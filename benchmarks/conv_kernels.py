@@ -26,7 +26,7 @@ CHECK_FLOOR = {"bf16": 2e-2, "fp16": 4e-3, "fp32": 4e-3}  # fp32: TF32, as cuDNN
 
 def vgg_conv_shapes(config: str = "D", size: int = 224) -> list[tuple[int, int, int, int]]:
     """(kernel, Cin, Cout, H=W) of each conv of a VGG config, first to last."""
-    from vgg_toolkit.plugins.vgg_net import CONFIGS
+    from vgg_toolkit.plugins.vgg.net import CONFIGS
 
     shapes, cin = [], 3
     for item in CONFIGS[config]:
@@ -164,7 +164,7 @@ def time_layers(args) -> None:
 def train_step_rates(args) -> None:
     import torch
 
-    from vgg_toolkit.models import create_model, prepare_model
+    from vgg_toolkit.models.factory import create_model, prepare_model
 
     print(f"\nVGG-D training step, batch {args.batch}, {args.size}x{args.size}, bf16 autocast, channels_last, SGD")
     rates = {}

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vgg_toolkit.data.create import create_shards
+from vgg_toolkit.data.shards.create import create_shards
 from vgg_toolkit.data.loader import make_loader, normalize_on_device
-from vgg_toolkit.data.localisation import LABELME_ENV, LABELME_ROOT
-from vgg_toolkit.data.manifest import Manifest
+from vgg_toolkit.data.sources.localisation import LABELME_ENV, LABELME_ROOT
+from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.pipeline import train_pipeline
 from vgg_toolkit.data.sources import image_folder
 

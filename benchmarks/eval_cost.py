@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vgg_toolkit import create_model
-    from vgg_toolkit.evaluate import parse_scales
-    from vgg_toolkit.plugins.eval_protocols import Dense, MultiCrop
+    from vgg_toolkit.evaluation.runner import parse_scales
+    from vgg_toolkit.plugins.evaluators.protocols import Dense, MultiCrop
 
     if args.threads:
         torch.set_num_threads(args.threads)

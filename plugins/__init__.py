@@ -1,2 +1,2 @@
-"""vggtk's built-in plugins. Each is loaded through the ``vggtk`` entry-point group like any
-third-party plugin; modules named ``*_net`` hold the networks the plugins register."""
+"""vggtk's built-in plugins, one package each. Every one loads through the ``vggtk`` entry-point group
+like a third-party plugin: its ``__init__`` holds the hook implementations, its modules what they register."""

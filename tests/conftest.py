@@ -15,7 +15,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture
 def host():
     """A fresh plugin host, discarded after the test so inline plugins never leak."""
-    from vgg_toolkit import plugin_manager
+    from vgg_toolkit.host import manager as plugin_manager
 
     plugin_manager.reset_host()
     try:

@@ -21,7 +21,7 @@ def _mean_subtracted(name: str) -> torch.Tensor:
 def photo(name: str, short: int) -> torch.Tensor:
     """A real photograph (skimage.data.NAME) as a CHW float image, smallest side ``short``, mean RGB
     subtracted (0-255 range)."""
-    from vgg_toolkit.plugins.eval_protocols import rescale
+    from vgg_toolkit.plugins.evaluators.protocols import rescale
 
     return rescale(_mean_subtracted(name)[None], short)[0]
 

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from vgg_toolkit.data.decode import LazyImage, decode
-from vgg_toolkit.data.manifest import Manifest
+from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.pipeline import Pipeline, train_pipeline
-from vgg_toolkit.data.reader import iter_raw, parse_sample
-from vgg_toolkit.plugin_manager import hookimpl
+from vgg_toolkit.data.shards.reader import iter_raw, parse_sample
+from vgg_toolkit.host.manager import hookimpl
 
 SHARDS = Path(__file__).resolve().parents[1] / "shards"
 

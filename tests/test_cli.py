@@ -6,7 +6,7 @@ import torch
 from cli_runner import vggtk
 from vgg_toolkit import create_model, load_weights, save_weights
 from vgg_toolkit.cli import main
-from vgg_toolkit.weights import read_tensors
+from vgg_toolkit.models.weights import read_tensors
 
 def test_models_table_has_the_exact_counts():
     result = vggtk("models")

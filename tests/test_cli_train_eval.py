@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from cli_runner import vggtk
-from vgg_toolkit.data.manifest import Manifest
-from vgg_toolkit.data.reader import iter_raw
-from vgg_toolkit.data.records import Record
-from vgg_toolkit.data.writer import ShardWriter
+from vgg_toolkit.data.shards.manifest import Manifest
+from vgg_toolkit.data.shards.reader import iter_raw
+from vgg_toolkit.data.shards.records import Record
+from vgg_toolkit.data.shards.writer import ShardWriter
 
 
 def test_train_writes_checkpoints_metrics_plot_and_the_resolved_config(trained, shards):
@@ -79,7 +79,7 @@ def test_train_rejects_inconsistent_options(shards, tmp_path):
 
 
 def test_init_from_the_same_architecture_fine_tunes_at_the_papers_lower_rate(trained, shards):
-    from vgg_toolkit.training_run import build_config
+    from vgg_toolkit.train.run import build_config
 
     run, _ = trained
     manifest = Manifest.load(shards)
@@ -92,7 +92,7 @@ def test_init_from_the_same_architecture_fine_tunes_at_the_papers_lower_rate(tra
 
 @pytest.fixture
 def streamed(monkeypatch):
-    monkeypatch.setattr("vgg_toolkit.training_run.IN_MEMORY_LIMIT", 0)
+    monkeypatch.setattr("vgg_toolkit.train.run.IN_MEMORY_LIMIT", 0)
 
 
 def stream_train(shards, run, *extra):

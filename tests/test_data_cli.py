@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from vgg_toolkit.cli_shards import app
-from vgg_toolkit.data.localisation import LABELME_ROOT
-from vgg_toolkit.data.manifest import Manifest
+from vgg_toolkit.cli.shards import app
+from vgg_toolkit.data.sources.localisation import LABELME_ROOT
+from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.sources import FASHION_MNIST_ROOT
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vgg_toolkit.cli_shards import app
+from vgg_toolkit.cli.shards import app
 from vgg_toolkit.data.errors import DataError
 from vgg_toolkit.data.loader import make_loader
-from vgg_toolkit.data.manifest import Manifest
-from vgg_toolkit.data.reader import iter_raw
-from vgg_toolkit.data.records import Record
-from vgg_toolkit.data.writer import ShardWriter
+from vgg_toolkit.data.shards.manifest import Manifest
+from vgg_toolkit.data.shards.reader import iter_raw
+from vgg_toolkit.data.shards.records import Record
+from vgg_toolkit.data.shards.writer import ShardWriter
 
 SHARDS = Path(__file__).resolve().parents[1] / "shards"
 CLASSES = [f"c{i}" for i in range(10)]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from vgg_toolkit.data.loader import make_loader, normalize_on_device
-from vgg_toolkit.data.manifest import Manifest
-from vgg_toolkit.data.reader import expand_braces, iter_raw, resolve_source, shuffle_order
+from vgg_toolkit.data.shards.manifest import Manifest
+from vgg_toolkit.data.shards.reader import expand_braces, iter_raw, resolve_source, shuffle_order
 from vgg_toolkit.errors import VggtkError
 
 SHARDS = Path(__file__).resolve().parents[1] / "shards"

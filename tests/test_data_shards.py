@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vgg_toolkit.data.create import create_shards
-from vgg_toolkit.data.localisation import LABELME_ROOT
-from vgg_toolkit.data.manifest import Manifest, sha256_file
-from vgg_toolkit.data.reader import iter_raw, parse_sample, resolve_source
-from vgg_toolkit.data.records import quantize_boxes
+from vgg_toolkit.data.shards.create import create_shards
+from vgg_toolkit.data.sources.localisation import LABELME_ROOT
+from vgg_toolkit.data.shards.manifest import Manifest, sha256_file
+from vgg_toolkit.data.shards.reader import iter_raw, parse_sample, resolve_source
+from vgg_toolkit.data.shards.records import quantize_boxes
 from vgg_toolkit.data.sources import FASHION_MNIST_ROOT, fashion_mnist, image_folder, image_list, read_idx
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vgg_toolkit.devices import mixed_precision, pick_device
+from vgg_toolkit.runtime.devices import mixed_precision, pick_device
 from vgg_toolkit.errors import VggtkError
 
 

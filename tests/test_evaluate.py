@@ -8,12 +8,12 @@ import torch
 from rich.console import Console
 
 from vgg_toolkit import VggtkError, create_model
-from vgg_toolkit.evaluate import (
+from vgg_toolkit.evaluation.runner import (
     check_same_classes, ensemble_posteriors, format_train_scale, get_evaluator, paper_test_scales, parse_scales,
     parse_train_scale, print_results, results_table, run_evaluation, write_json,
 )
-from vgg_toolkit.metrics import topk_error
-from vgg_toolkit.plugins.eval_protocols import Dense
+from vgg_toolkit.evaluation.metrics import topk_error
+from vgg_toolkit.plugins.evaluators.protocols import Dense
 
 pytest.importorskip("skimage.data")
 from realdata import photo  # noqa: E402

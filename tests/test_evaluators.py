@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from vgg_toolkit import VggtkError, create_model
-from vgg_toolkit.evaluate import get_evaluator
-from vgg_toolkit.plugins.eval_protocols import (
+from vgg_toolkit.evaluation.runner import get_evaluator
+from vgg_toolkit.plugins.evaluators.protocols import (
     CenterCrop, Combined, Dense, MultiCrop, class_score_map, dense_scores, grid_positions, rescale, rescaled_size,
 )
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vgg_toolkit import VggtkError
-from vgg_toolkit.metrics import (
+from vgg_toolkit.evaluation.metrics import (
     confusion_matrix, per_class_accuracy, save_confusion_png, topk_error, topk_errors,
 )
 

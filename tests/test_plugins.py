@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vgg_toolkit import RegistryError, create_model, hookimpl
-from vgg_toolkit.plugin_manager import PluginHost
+from vgg_toolkit.host.manager import PluginHost
 
 THIRD_PARTY = '''
 import torch

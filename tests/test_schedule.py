@@ -1,4 +1,4 @@
-from vgg_toolkit.schedule import PlateauSchedule
+from vgg_toolkit.train.schedule import PlateauSchedule
 
 
 def test_three_drops_then_stop():

@@ -11,9 +11,9 @@ from PIL import Image
 
 from cli_runner import vggtk
 from realdata import fashion_sample
-from vgg_toolkit.data.create import create_shards
-from vgg_toolkit.data.manifest import Manifest
-from vgg_toolkit.data.publish import MARKER
+from vgg_toolkit.data.shards.create import create_shards
+from vgg_toolkit.data.shards.manifest import Manifest
+from vgg_toolkit.data.shards.publish import MARKER
 from vgg_toolkit.data.sources import image_folder
 
 
@@ -112,7 +112,7 @@ def test_a_broken_image_fails_naming_the_file_and_leaves_the_previous_set(tmp_pa
 def test_a_killed_run_leaves_marked_debris_that_the_next_run_removes(tmp_path):
     src = image_folder_of(tmp_path / "src", n=200)
     out = tmp_path / "out"
-    code = ("import sys, time; from vgg_toolkit.data.create import create_shards; "
+    code = ("import sys, time; from vgg_toolkit.data.shards.create import create_shards; "
             "from vgg_toolkit.data.sources import image_folder; "
             "create_shards(image_folder(sys.argv[1]), sys.argv[2], samples_per_shard=5, workers=1, "
             "progress=lambda n: time.sleep(0.05))")

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from realdata import fashion_sample
-from vgg_toolkit.batches import InMemorySource
-from vgg_toolkit.checkpoint import complete_checkpoints, latest_checkpoint
-from vgg_toolkit.engine import NonFiniteError, TrainConfig, train
+from vgg_toolkit.train.batches import InMemorySource
+from vgg_toolkit.train.checkpoint import complete_checkpoints, latest_checkpoint
+from vgg_toolkit.train.loop import NonFiniteError, TrainConfig, train
 
 JOB = Path(__file__).parent / "jobs" / "train_job.py"
 
@@ -148,7 +148,7 @@ def test_bad_batch_split_is_a_clear_error(tmp_path):
 
 def test_init_from_a_copies_the_first_four_convs_and_the_fcs_into_d(tmp_path):
     from vgg_toolkit import create_model, save_weights
-    from vgg_toolkit.engine import initialise_from
+    from vgg_toolkit.train.loop import initialise_from
 
     kw = dict(num_classes=10, width=1 / 8, fc_dim=32, input_size=32, init="kaiming")
     torch.manual_seed(1)

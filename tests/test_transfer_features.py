@@ -10,11 +10,11 @@ from safetensors import safe_open
 
 from cli_runner import vggtk
 from realdata import fashion_sample, photo
-from vgg_toolkit.data.manifest import Manifest
+from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.errors import VggtkError
-from vgg_toolkit.linear_probe import fit_linear_svm
-from vgg_toolkit.models import create_model
-from vgg_toolkit.plugins.transfer_features import descriptor_scales, image_descriptors
+from vgg_toolkit.plugins.transfer.linear_probe import fit_linear_svm
+from vgg_toolkit.models.factory import create_model
+from vgg_toolkit.plugins.transfer.features import descriptor_scales, image_descriptors
 
 SHARDS = Path(__file__).resolve().parents[1] / "shards"
 
@@ -147,7 +147,7 @@ def test_photos_of_many_sizes_are_described_one_at_a_time(tmp_path):
     """The localisation shards hold real photos of different sizes: no batch is padded, and each photo's
     row is what the protocol gives that photo alone."""
     from vgg_toolkit.data.loader import make_loader, normalize_on_device
-    from vgg_toolkit.weights import save_weights
+    from vgg_toolkit.models.weights import save_weights
 
     shards = SHARDS / "localisation"
     torch.manual_seed(0)

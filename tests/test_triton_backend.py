@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vgg_toolkit.errors import VggtkError
-from vgg_toolkit.models import create_model, prepare_model
+from vgg_toolkit.models.factory import create_model, prepare_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -123,7 +123,7 @@ def test_loading_plugins_and_preparing_on_cpu_import_no_triton():
     TRITON_INTERPRET is read when the kernels are first defined."""
     code = (
         "import sys\n"
-        "from vgg_toolkit.models import create_model, prepare_model\n"
+        "from vgg_toolkit.models.factory import create_model, prepare_model\n"
         "model = create_model('vgg-a', width=1 / 16, fc_dim=16, input_size=32)\n"
         "prepare_model(model, 'cpu', conv_backend='auto')\n"
         "print(sorted(m for m in sys.modules if m == 'triton' or m.startswith('vgg_toolkit.kernels.')))\n"

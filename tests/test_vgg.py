@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vgg_toolkit import VggtkError, create_model, list_models
-from vgg_toolkit.stats import model_stats
+from vgg_toolkit.models.stats import model_stats
 
 PAPER_PARAMETERS = {  # Table 2, exact counts with 1000 classes
     "vgg-a": 132_863_336, "vgg-a-lrn": 132_863_336, "vgg-b": 133_047_848,

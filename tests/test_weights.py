@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from vgg_toolkit import WeightsError, create_model, load_weights, save_weights
-from vgg_toolkit.weights import read_arch, read_tensors
+from vgg_toolkit.models.weights import read_arch, read_tensors
 
 SMALL = dict(num_classes=7, width=1 / 16, fc_dim=24, input_size=64)
 

@@ -1,9 +1,9 @@
 """vgg-toolkit: the VGG networks of Simonyan & Zisserman (ICLR 2015) and the paper's protocols."""
 
 from .errors import RegistryError, VggtkError, WeightsError
-from .models import create_model, list_models, prepare_model
-from .plugin_manager import get_host, hookimpl
-from .weights import load_weights, save_weights
+from .models.factory import create_model, list_models, prepare_model
+from .host.manager import get_host, hookimpl
+from .models.weights import load_weights, save_weights
 
 __version__ = "0.1.0"
 

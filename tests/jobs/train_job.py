@@ -10,8 +10,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from realdata import fashion_sample  # noqa: E402
 
-from vgg_toolkit.batches import InMemorySource  # noqa: E402
-from vgg_toolkit.engine import TrainConfig, train  # noqa: E402
+from vgg_toolkit.train.batches import InMemorySource  # noqa: E402
+from vgg_toolkit.train.loop import TrainConfig, train  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("run_dir")

@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import VggtkError
 from .errors import DataError, SkipLog, check_policy, handle
-from .manifest import Manifest
+from .shards.manifest import Manifest
 from .pipeline import Pipeline, eval_pipeline, train_pipeline
-from .reader import (
+from .shards.reader import (
     ShardRef,
     assign,
     check_shard,

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import VggtkError
 from .decode import materialize
-from .manifest import Manifest
+from .shards.manifest import Manifest
 
 Step = Callable[[dict, torch.Generator], dict]
 
@@ -39,7 +39,7 @@ def _resolve(step) -> tuple[str, Step]:
         name = options.pop("name")
     else:
         raise VggtkError(f"an augmentation step is a callable, a name, (name, options) or {{'name': ...}}, not {step!r}")
-    from ..plugin_manager import get_host
+    from ..host.manager import get_host
 
     entry = get_host().registry("augmentations").get(name)
     try:

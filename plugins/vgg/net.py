@@ -1,0 +1,295 @@
+"""The VGG networks of Table 1 (Simonyan & Zisserman, ICLR 2015).
+
+Module names are chosen so nobody counts indices: ``features.block3.conv2``, ``classifier.fc6``.
+The classifier keeps its weights in Linear shape and can run them as convolutions
+(FC1 -> kxk conv, FC2/FC3 -> 1x1 convs), so switching form never touches the state_dict.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vgg_toolkit.errors import VggtkError, WeightsError
+from vgg_toolkit.models.layers import BatchSlicedDropout
+
+# (kernel, channels) per conv, "M" per 2x2 max-pool.
+_A = [(3, 64), "M", (3, 128), "M", (3, 256), (3, 256), "M", (3, 512), (3, 512), "M", (3, 512), (3, 512), "M"]
+_B = [(3, 64), (3, 64), "M", (3, 128), (3, 128), "M", (3, 256), (3, 256), "M",
+      (3, 512), (3, 512), "M", (3, 512), (3, 512), "M"]
+
+
+def _stack(widths: Sequence[int], repeats: Sequence[int]) -> list:
+    layers: list = []
+    for c, n in zip(widths, repeats):
+        layers += [(3, c)] * n + ["M"]
+    return layers
+
+
+CONFIGS: dict[str, list] = {
+    "A": _A,
+    "B": _B,
+    "C": [(3, 64), (3, 64), "M", (3, 128), (3, 128), "M", (3, 256), (3, 256), (1, 256), "M",
+          (3, 512), (3, 512), (1, 512), "M", (3, 512), (3, 512), (1, 512), "M"],
+    "D": _stack([64, 128, 256, 512, 512], [2, 2, 3, 3, 3]),
+    "E": _stack([64, 128, 256, 512, 512], [2, 2, 4, 4, 4]),
+}
+
+# Krizhevsky et al. 2012, as the paper uses it in A-LRN.
+LRN_ARGS = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
+INITS = ("paper", "glorot", "kaiming")
+BLOCK_TAPS = tuple(f"block{i}" for i in range(1, 6))
+TAPS = BLOCK_TAPS + ("fc6", "fc7", "logits")
+LAYOUTS = ("vggtk", "torchvision", "timm")
+
+
+class Classifier(nn.Module):
+    """FC6, FC7, FC8 with ReLU and dropout; Linear form by default, fully-convolutional on demand."""
+
+    def __init__(self, in_channels: int, kernel: int, fc_dim: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.in_channels, self.kernel = in_channels, kernel
+        self.fc6 = nn.Linear(in_channels * kernel * kernel, fc_dim)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = BatchSlicedDropout(dropout)
+        self.fc7 = nn.Linear(fc_dim, fc_dim)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = BatchSlicedDropout(dropout)
+        self.fc8 = nn.Linear(fc_dim, num_classes)
+        self.fully_conv = False
+
+    def _fc(self, layer: nn.Linear, x: torch.Tensor, first: bool) -> torch.Tensor:
+        if not self.fully_conv:
+            return layer(x)
+        if first:
+            weight = layer.weight.view(layer.out_features, self.in_channels, self.kernel, self.kernel)
+        else:
+            weight = layer.weight[:, :, None, None]
+        return F.conv2d(x, weight, layer.bias)
+
+    def forward(self, x: torch.Tensor, taps: dict | None = None, wanted: frozenset = frozenset()) -> torch.Tensor:
+        if not self.fully_conv:
+            if tuple(x.shape[-2:]) != (self.kernel, self.kernel):
+                raise VggtkError(
+                    f"the Linear classifier needs a {self.kernel}x{self.kernel} feature map (input "
+                    f"{32 * self.kernel}x{32 * self.kernel}) but got {tuple(x.shape[-2:])}; "
+                    "call model.to_fully_conv() to run on larger images"
+                )
+            x = x.flatten(1)
+        x = self.relu6(self._fc(self.fc6, x, first=True))
+        if taps is not None and "fc6" in wanted:
+            taps["fc6"] = x.clone()  # the in-place ReLU/dropout that follow must not alter the tap
+        x = self.drop6(x)
+        x = self.relu7(self._fc(self.fc7, x, first=False))
+        if taps is not None and "fc7" in wanted:
+            taps["fc7"] = x.clone()
+        x = self.drop7(x)
+        return self._fc(self.fc8, x, first=False)
+
+
+class VGG(nn.Module):
+    """A VGG network.
+
+    Args:
+        config: one of A, B, C, D, E (Table 1).
+        num_classes: size of the last layer.
+        in_chans: input channels (3 for RGB, 1 for greyscale).
+        width: multiplier on every conv's channel count (1.0 = the paper).
+        fc_dim: width of FC6 and FC7 (4096 in the paper).
+        input_size: training input size, a multiple of 32; FC6 sees an (input_size/32)^2 map.
+        batch_norm: BatchNorm after every conv (not in the paper).
+        lrn: local response normalisation after the first conv (config A-LRN).
+        dropout: dropout probability on FC6 and FC7.
+        init: "paper" (weights ~ N(0, init_std^2), biases 0; the paper states a variance of 1e-2,
+            so init_std defaults to 0.1), "glorot" (Glorot & Bengio uniform, biases 0) or
+            "kaiming" (He normal, fan-in; for training deep configs or narrow nets from scratch).
+    """
+
+    def __init__(self, config: str = "D", num_classes: int = 1000, in_chans: int = 3, width: float = 1.0,
+                 fc_dim: int = 4096, input_size: int = 224, batch_norm: bool = False, lrn: bool = False,
+                 dropout: float = 0.5, init: str = "paper", init_std: float = 0.1):
+        super().__init__()
+        if config not in CONFIGS:
+            raise VggtkError(f"unknown VGG config {config!r}; known: {', '.join(CONFIGS)}")
+        if input_size < 32 or input_size % 32:
+            raise VggtkError(f"input_size must be a positive multiple of 32 (five 2x2 pools), got {input_size}")
+        if init not in INITS:
+            raise VggtkError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+        if width <= 0 or num_classes < 1 or in_chans < 1 or fc_dim < 1:
+            raise VggtkError("width, num_classes, in_chans and fc_dim must be positive")
+        self.config, self.batch_norm, self.lrn, self.input_size = config, batch_norm, lrn, input_size
+        blocks: list[tuple[str, nn.Module]] = []
+        layers: list[tuple[str, nn.Module]] = []
+        channels = in_chans
+        for item in CONFIGS[config]:
+            if item == "M":
+                layers.append(("pool", nn.MaxPool2d(2, 2)))
+                blocks.append((f"block{len(blocks) + 1}", nn.Sequential(OrderedDict(layers))))
+                layers = []
+                continue
+            k, c = item
+            c = max(1, int(round(c * width)))
+            i = sum(1 for name, _ in layers if name.startswith("conv")) + 1
+            layers.append((f"conv{i}", nn.Conv2d(channels, c, k, padding=k // 2)))
+            if batch_norm:
+                layers.append((f"bn{i}", nn.BatchNorm2d(c)))
+            layers.append((f"relu{i}", nn.ReLU(inplace=True)))
+            if lrn and not blocks and i == 1:
+                layers.append(("lrn", nn.LocalResponseNorm(**LRN_ARGS)))
+            channels = c
+        self.features = nn.Sequential(OrderedDict(blocks))
+        self.classifier = Classifier(channels, input_size // 32, fc_dim, num_classes, dropout)
+        self.num_classes = num_classes
+        self.reset_parameters(init, init_std)
+
+    def reset_parameters(self, init: str = "paper", init_std: float = 0.1) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if init == "paper":
+                    nn.init.normal_(m.weight, 0.0, init_std)
+                elif init == "glorot":
+                    nn.init.xavier_uniform_(m.weight)
+                else:  # He et al.: keeps activations at unit scale through every ReLU layer at any width
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if init == "kaiming":  # logits start near zero, so the first steps are not spent unlearning noise
+            nn.init.normal_(self.classifier.fc8.weight, 0.0, 0.01)
+
+    # --- forms of the classifier -------------------------------------------------------------
+    def to_fully_conv(self) -> "VGG":
+        """Run FC layers as convolutions (dense evaluation); the weights are not touched."""
+        self.classifier.fully_conv = True
+        return self
+
+    def to_linear(self) -> "VGG":
+        self.classifier.fully_conv = False
+        return self
+
+    @property
+    def fully_conv(self) -> bool:
+        return self.classifier.fully_conv
+
+    # --- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def forward_features(self, x: torch.Tensor, taps: Iterable[str] = ("fc7",)) -> dict[str, torch.Tensor]:
+        """Outputs at named points: ``block1``..``block5`` (after each pool), ``fc6``, ``fc7`` (after
+        ReLU, before dropout) and ``logits``. Asked only for conv blocks, it stops after the last
+        one requested; any FC tap runs the whole classifier."""
+        wanted = frozenset(taps)
+        unknown = sorted(wanted - set(TAPS))
+        if unknown:
+            raise VggtkError(f"unknown feature tap(s) {', '.join(unknown)}; known: {', '.join(TAPS)}")
+        out: dict[str, torch.Tensor] = {}
+        for name, block in self.features.named_children():
+            x = block(x)
+            if name in wanted:
+                out[name] = x
+            if wanted <= out.keys():
+                return out
+        logits = self.classifier(x, taps=out, wanted=wanted)
+        if "logits" in wanted:
+            out["logits"] = logits
+        return out
+
+    # --- facts ---------------------------------------------------------------------------------
+    def receptive_field(self) -> int:
+        """Receptive field, in input pixels, of one unit of the last pool (block5)."""
+        field, jump = 1, 1
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                field += (m.kernel_size[0] - 1) * jump
+            elif isinstance(m, nn.MaxPool2d):
+                field += (m.kernel_size - 1) * jump
+                jump *= m.stride
+        return field
+
+    # --- foreign weight layouts ----------------------------------------------------------------
+    def _key_map(self, layout: str) -> list[tuple[str, str, str]]:
+        """(our key, foreign key, how the tensor changes) for every state_dict entry."""
+        if layout not in LAYOUTS:
+            raise WeightsError(f"unknown weight layout {layout!r}; known: {', '.join(LAYOUTS)}")
+        ours = self.state_dict()
+        if layout == "vggtk":
+            return [(k, k, "same") for k in ours]
+        rows: list[tuple[str, str, str]] = []
+        index = 0  # position in a flat torchvision-style nn.Sequential
+        for bname, block in self.features.named_children():
+            for lname, _ in block.named_children():
+                prefix = f"features.{bname}.{lname}."
+                for key in ours:
+                    if key.startswith(prefix):
+                        rows.append((key, f"features.{index}.{key[len(prefix):]}", "same"))
+                index += 1
+        if layout == "torchvision":
+            fcs = {"fc6": ("classifier.0", "same"), "fc7": ("classifier.3", "same"), "fc8": ("classifier.6", "same")}
+        else:
+            fcs = {"fc6": ("pre_logits.fc1", "fc6_conv"), "fc7": ("pre_logits.fc2", "fc_1x1"),
+                   "fc8": ("head.fc", "same")}
+        for fc, (foreign, how) in fcs.items():
+            rows.append((f"classifier.{fc}.weight", f"{foreign}.weight", how))
+            rows.append((f"classifier.{fc}.bias", f"{foreign}.bias", "same"))
+        return rows
+
+    def _to_foreign(self, t: torch.Tensor, how: str) -> torch.Tensor:
+        if how == "fc6_conv":
+            k = self.classifier.kernel
+            return t.reshape(t.shape[0], -1, k, k)
+        if how == "fc_1x1":
+            return t[:, :, None, None]
+        return t
+
+    @staticmethod
+    def _from_foreign(t: torch.Tensor, how: str) -> torch.Tensor:
+        return t.flatten(1) if how in ("fc6_conv", "fc_1x1") else t
+
+    def export_state_dict(self, layout: str = "vggtk") -> dict[str, torch.Tensor]:
+        ours = self.state_dict()
+        return {foreign: self._to_foreign(ours[key], how).contiguous() for key, foreign, how in self._key_map(layout)}
+
+    def detect_layout(self, keys: Iterable[str]) -> str:
+        keys = set(keys)
+        if any(k.startswith("features.block") or k.startswith("classifier.fc") for k in keys):
+            return "vggtk"
+        if "pre_logits.fc1.weight" in keys or "head.fc.weight" in keys:
+            return "timm"
+        if "classifier.0.weight" in keys or any(k.startswith("features.0.") for k in keys):
+            return "torchvision"
+        raise WeightsError("the tensors match no known layout (vggtk, torchvision, timm)")
+
+    def import_state_dict(self, tensors: dict[str, torch.Tensor], layout: str = "auto") -> str:
+        """Load weights saved in any layout; returns the layout found. Checks every name and shape first
+        and names the first tensors that do not fit, so nothing is half-loaded."""
+        if layout == "auto":
+            layout = self.detect_layout(tensors)
+        ours = self.state_dict()
+        converted: dict[str, torch.Tensor] = {}
+        problems: list[str] = []
+        for key, foreign, how in self._key_map(layout):
+            if foreign not in tensors:
+                if key.endswith("num_batches_tracked"):
+                    continue
+                problems.append(f"missing {foreign}")
+                continue
+            t = self._from_foreign(tensors[foreign], how)
+            if t.shape != ours[key].shape:
+                problems.append(f"{foreign}: file has {tuple(tensors[foreign].shape)}, model needs "
+                                f"{tuple(self._to_foreign(ours[key], how).shape)}")
+            converted[key] = t
+        expected = {foreign for _, foreign, _ in self._key_map(layout)}
+        problems += [f"unexpected {k}" for k in sorted(set(tensors) - expected)]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise WeightsError(f"weights ({layout} layout) do not fit this {type(self).__name__}-{self.config}: "
+                               + "; ".join(problems[:3]) + more)
+        self.load_state_dict(converted, strict=False)
+        return layout
+

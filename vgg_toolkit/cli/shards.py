@@ -1,0 +1,178 @@
+"""``vggtk shards create | inspect | verify``. Mounted by the core CLI as ``vggtk shards``; also runs as
+``python -m vgg_toolkit.cli.shards``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..errors import VggtkError
+
+app = typer.Typer(help="Write, inspect and verify WebDataset shards.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+
+DEFAULT_SHARDS = "shards/fashion-mnist"
+
+
+def _fail(exc: VggtkError) -> None:
+    print(f"vggtk: error: {exc}", file=sys.stderr)
+    raise typer.Exit(code=2)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True, disable=not console.is_terminal)
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise VggtkError(f"--source-option {pair!r} is not KEY=VALUE")
+        out[key.replace("-", "_")] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def create(
+    src: str = typer.Argument("fashion-mnist", help="An image folder (one subfolder per class), a .csv / .json "
+                              "list (path, label, optional boxes), or a packaged source: fashion-mnist, localisation."),
+    outdir: Path = typer.Argument(Path(DEFAULT_SHARDS), help="Where the shards and manifest.json go."),
+    samples_per_shard: int = typer.Option(3000, help="Samples per shard (ignored when --bytes-per-shard is set)."),
+    bytes_per_shard: int = typer.Option(0, help="Start a new shard past this many bytes of sample data (0: off)."),
+    shuffle: bool = typer.Option(True, help="Shuffle each split (seeded) before sharding."),
+    seed: int = typer.Option(0, help="Seed for the split assignment, the shuffle and packaged sources' sampling."),
+    splits: str = typer.Option("train=0.8,val=0.1,test=0.1",
+                               help="Split fractions for sources that do not define their splits."),
+    workers: int = typer.Option(2, help="Threads reading and encoding samples in parallel."),
+    compress: str = typer.Option("auto", help="gzip the shards: auto (when the images are PNG), yes, no."),
+    data_root: str = typer.Option(None, help="Folder of a packaged source's files (default: its Debian package)."),
+    source_option: list[str] = typer.Option([], help="KEY=VALUE for a packaged source (e.g. train=12000)."),
+    into_nonempty: bool = typer.Option(False, "--into-nonempty", help="Write into a folder that holds other "
+                                       "files (and no shard set); they are left as they are."),
+):
+    """Write WebDataset shards (KEY.jpg|png, KEY.cls, optional KEY.json with boxes) and a manifest.json."""
+    from ..data.shards.create import create_shards, parse_splits
+    from ..data.sources import open_source
+
+    try:
+        if compress not in ("auto", "yes", "no"):
+            raise VggtkError(f"--compress must be auto, yes or no, not {compress!r}")
+        source = open_source(src, data_root, **_options(source_option))
+        with _progress() as bar:
+            task = bar.add_task("writing", total=len(source.refs))
+            manifest = create_shards(
+                source, outdir, samples_per_shard=None if bytes_per_shard else samples_per_shard,
+                bytes_per_shard=bytes_per_shard or None, shuffle=shuffle, seed=seed, splits=parse_splits(splits),
+                workers=workers, compress={"auto": None, "yes": True, "no": False}[compress],
+                progress=lambda n: bar.advance(task, n),
+                on_split=lambda split, n: bar.update(task, description=f"writing {split} ({n})"),
+                into_nonempty=into_nonempty, warn=lambda line: console.print(f"warning: {line}", markup=False))
+    except VggtkError as exc:
+        _fail(exc)
+    table = Table(title=f"{manifest.name}: {manifest.num_classes} classes -> {outdir}")
+    for col in ("split", "shards", "samples", "size"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, shards in manifest.splits.items():
+        table.add_row(split, str(len(shards)), f"{sum(s.samples for s in shards):,}",
+                      _human(sum(s.bytes for s in shards)))
+    console.print(table)
+    if manifest.stats is not None:
+        mean = ", ".join(f"{v:.1f}" for v in manifest.stats.mean_rgb_255)
+        eig = ", ".join(f"{v:.4f}" for v in manifest.stats.eigval)
+        console.print(f"{manifest.stats_split} mean RGB (0-255): {mean}; RGB covariance eigenvalues ([0,1]): {eig}")
+    console.print(f"manifest: {manifest.path}")
+
+
+def _load(path: Path):
+    from ..data.shards.manifest import Manifest
+
+    return Manifest.load(path)
+
+
+@app.command()
+def inspect(
+    shards: Path = typer.Argument(Path(DEFAULT_SHARDS), help="A shard directory or its manifest.json."),
+    split: str = typer.Option("train", help="Split to draw the contact sheet from."),
+    sheet: Path = typer.Option(None, help="Contact sheet PNG to write (default: NAME-SPLIT-sheet.png here)."),
+    count: int = typer.Option(64, help="Samples on the contact sheet."),
+):
+    """Counts per split and class, image sizes, colour statistics, and a contact sheet PNG."""
+    from ..data.shards.inspection import class_counts, contact_sheet
+
+    try:
+        manifest = _load(shards)
+        counts = {s: class_counts(manifest, s) for s in manifest.splits}
+        sheet = sheet or Path(f"{manifest.name or 'shards'}-{split}-sheet.png")
+        written = contact_sheet(manifest, split, sheet, count=count)
+    except VggtkError as exc:
+        _fail(exc)
+    table = Table(title=f"{manifest.name} ({manifest.root}): {manifest.channels}-channel images, "
+                        f"sides {manifest.extra.get('image_size', {}).get('min_side', '?')}-"
+                        f"{manifest.extra.get('image_size', {}).get('max_side', '?')} px")
+    table.add_column("class")
+    for s in manifest.splits:
+        table.add_column(s, justify="right")
+    for i, name in enumerate(manifest.classes):
+        table.add_row(f"{i} {name}", *(f"{counts[s].get(i, 0):,}" for s in manifest.splits))
+    table.add_row("[bold]total", *(f"[bold]{manifest.samples(s):,} in {len(manifest.split(s))} shard(s)"
+                                   for s in manifest.splits))
+    console.print(table)
+    if manifest.stats is not None:
+        console.print("mean RGB (0-255): " + ", ".join(f"{v:.1f}" for v in manifest.stats.mean_rgb_255))
+    if "licence" in manifest.extra:
+        console.print(f"licence: {manifest.extra['licence']}")
+    console.print(f"contact sheet ({min(count, manifest.samples(split))} {split} samples): {written}")
+
+
+@app.command()
+def verify(
+    shards: Path = typer.Argument(Path(DEFAULT_SHARDS), help="A shard directory or its manifest.json."),
+    split: list[str] = typer.Option([], help="Splits to check (default: all)."),
+    on_error: str = typer.Option("fail", help="fail: stop at the first bad shard or sample; skip: check on, "
+                                 "count and report every problem (the exit status is still non-zero)."),
+):
+    """Check each shard's sha256 and sample count against the manifest and decode every sample."""
+    from ..data.errors import check_policy
+    from ..data.shards.inspection import verify as run_verify
+
+    try:
+        check_policy(on_error)
+        manifest = _load(shards)
+        total = sum(manifest.samples(s) for s in (split or manifest.splits))
+        with _progress() as bar:
+            task = bar.add_task("verifying", total=total)
+            report = run_verify(manifest, split or None, on_error, progress=lambda n: bar.advance(task, n))
+    except VggtkError as exc:
+        _fail(exc)
+    table = Table(title=f"verify {manifest.root}")
+    for col in ("shard", "samples", "status"):
+        table.add_column(col)
+    for name, n, status in report.per_shard:
+        table.add_row(name, f"{n:,}", status if status == "ok" else f"[red]{status}")
+    console.print(table)
+    console.print(f"{report.shards} shard(s), {report.samples:,} samples, {report.decoded:,} decoded, "
+                  f"{report.boxes:,} boxes; {report.skipped.summary()}")
+    for line in report.skipped.examples:
+        console.print(f"  {line}", markup=False)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    app(prog_name="vggtk shards")

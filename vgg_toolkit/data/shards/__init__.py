@@ -1,0 +1,1 @@
+"""The shard format on disk: records, the manifest, writing (``vggtk shards create``), reading, checks."""

@@ -1,0 +1,117 @@
+"""``vggtk shards inspect`` and ``verify``: counts per class, a contact sheet, checksums and full decodes."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image, ImageDraw
+
+from ..decode import decode
+from ..errors import DataError, SkipLog, handle
+from .manifest import Manifest, sha256_file
+from .reader import iter_raw, parse_sample
+
+
+def class_counts(manifest: Manifest, split: str) -> Counter:
+    """Samples per label in ``split``, from the ``.cls`` members alone (no image is decoded)."""
+    counts: Counter = Counter()
+    for path in manifest.shard_paths(split):
+        for raw in iter_raw(str(path)):
+            if "cls" in raw:
+                counts[int(raw["cls"])] += 1
+    return counts
+
+
+def contact_sheet(manifest: Manifest, split: str, path: str | Path, count: int = 64, thumb: int = 96) -> Path:
+    """A PNG grid of the first ``count`` samples of ``split``: each scaled to ``thumb`` px, its boxes drawn
+    in red, its class name below."""
+    samples = []
+    for shard in manifest.shard_paths(split):
+        for raw in iter_raw(str(shard)):
+            samples.append(parse_sample(raw, manifest.num_classes))
+            if len(samples) >= count:
+                break
+        if len(samples) >= count:
+            break
+    cols = max(1, min(8, len(samples)))
+    rows = max(1, math.ceil(len(samples) / cols))
+    label_h = 14
+    sheet = Image.new("RGB", (cols * thumb, rows * (thumb + label_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, sample in enumerate(samples):
+        img = sample["image"].materialize()
+        arr = img.permute(1, 2, 0).numpy()
+        pil = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).convert("RGB")
+        scale = thumb / max(pil.size)
+        pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))), Image.BILINEAR)
+        x0, y0 = (i % cols) * thumb, (i // cols) * (thumb + label_h)
+        sheet.paste(pil, (x0, y0))
+        for box in sample.get("boxes", []):
+            x1, y1, x2, y2 = (float(v) * scale for v in box)
+            draw.rectangle([x0 + x1, y0 + y1, x0 + x2 - 1, y0 + y2 - 1], outline=(255, 0, 0), width=2)
+        name = manifest.classes[sample["label"]] if sample["label"] < manifest.num_classes else str(sample["label"])
+        draw.text((x0 + 2, y0 + thumb), name[:16], fill=(0, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+@dataclass
+class VerifyReport:
+    shards: int = 0
+    samples: int = 0
+    decoded: int = 0
+    boxes: int = 0
+    per_shard: list[tuple[str, int, str]] = field(default_factory=list)  # name, samples, status
+    skipped: SkipLog = field(default_factory=SkipLog)
+
+    @property
+    def ok(self) -> bool:
+        return self.skipped.total == 0
+
+
+def verify(manifest: Manifest, splits: list[str] | None = None, on_error: str = "fail",
+           progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Check every shard's sha256 and sample count against the manifest and decode every image in full.
+    ``fail`` raises the first problem (naming shard and member); ``skip`` records them all."""
+    report = VerifyReport()
+    for split in splits or list(manifest.splits):
+        for info in manifest.split(split):
+            path = manifest.root / info.name
+            report.shards += 1
+            status, n = "ok", 0
+            try:
+                if not path.exists():
+                    raise DataError("shard file not found", shard=str(path), kind="missing shard")
+                digest = sha256_file(path)
+                if digest != info.sha256:
+                    raise DataError(f"sha256 {digest[:12]}... does not match the manifest's {info.sha256[:12]}...",
+                                    shard=str(path), kind="checksum mismatch")
+                for raw in iter_raw(str(path)):
+                    n += 1
+                    try:
+                        sample = parse_sample(raw, manifest.num_classes)
+                        decode(sample["image"].data, None, str(path), sample["image"].member)
+                        report.decoded += 1
+                        report.boxes += len(sample.get("boxes", []))
+                    except DataError as err:
+                        handle(err, on_error, report.skipped)
+                        status = "bad samples"
+                    if progress is not None:
+                        progress(1)
+                if n != info.samples:
+                    raise DataError(f"holds {n} samples, the manifest says {info.samples}", shard=str(path),
+                                    kind="wrong sample count")
+            except DataError as err:
+                handle(err, on_error, report.skipped)
+                status = err.kind
+                if progress is not None and n < info.samples:
+                    progress(info.samples - n)
+            report.samples += n
+            report.per_shard.append((info.name, n, status))
+    return report

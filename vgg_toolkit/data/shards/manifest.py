@@ -1,0 +1,197 @@
+"""``manifest.json``: what a directory of shards holds (splits, shards, counts, classes, colour statistics)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+FORMAT = "vggtk-shards/1"
+MANIFEST_NAME = "manifest.json"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tidy(values) -> list[float]:
+    return [float(f"{v:.12g}") for v in np.ravel(values)]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str  # file name, relative to the manifest's directory
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class ColorStats:
+    """Mean RGB and the eigen-decomposition of the RGB covariance, pixel values scaled to [0, 1].
+
+    The [0, 1] scale is the one Krizhevsky's colour shift is usually quoted in (eigenvalues about
+    0.2, 0.02, 0.005 on ImageNet); in 0-255 units the eigenvalues would be 255^2 larger and the
+    same ``alphastd`` would mean a wildly larger shift.
+    """
+
+    mean_rgb: list[float]  # in [0, 1]
+    eigval: list[float]  # descending
+    eigvec: list[list[float]]  # columns are eigenvectors, matching eigval
+    pixels: int
+
+    @classmethod
+    def from_sums(cls, s1: np.ndarray, s2: np.ndarray, n: int) -> "ColorStats":
+        """From the sum of pixel vectors ``s1`` (3,) and of their outer products ``s2`` (3, 3), in [0, 1] units."""
+        if n == 0:
+            return cls([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], np.eye(3).tolist(), 0)
+        mean = s1 / n
+        cov = s2 / n - np.outer(mean, mean)
+        val, vec = np.linalg.eigh((cov + cov.T) / 2)
+        order = np.argsort(val)[::-1]
+        val, vec = np.clip(val[order], 0, None), vec[:, order]
+        # Greyscale data has one non-zero eigenvalue; the other two eigenvectors are then whatever
+        # LAPACK returns. Zero such eigenvalues and complete the basis by Gram-Schmidt on the unit
+        # vectors, and fix each sign and the last digits, so a rebuild writes the same manifest anywhere.
+        tiny = val <= 1e-9 * max(val[0], 1e-30)
+        val[tiny] = 0.0
+        basis = [vec[:, i] for i in range(3) if not tiny[i]]
+        for e in np.eye(3):
+            if len(basis) == 3:
+                break
+            v = e - sum(np.dot(e, b) * b for b in basis)
+            if np.linalg.norm(v) > 1e-6:
+                basis.append(v / np.linalg.norm(v))
+        vec = np.stack(basis, 1)
+        signs = np.where(vec[np.abs(vec).argmax(0), np.arange(3)] < 0, -1.0, 1.0)
+        vec = vec * signs
+        mean, val, vec = _tidy(mean), _tidy(val), np.reshape(_tidy(vec), (3, 3))
+        return cls(mean, val, vec.tolist(), int(n))
+
+    @property
+    def mean_rgb_255(self) -> list[float]:
+        return [m * 255.0 for m in self.mean_rgb]
+
+
+@dataclass
+class Manifest:
+    """The parsed manifest of a shard directory. ``root`` is the directory the shard names are relative to."""
+
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[ShardInfo]]
+    stats: ColorStats | None = None
+    stats_split: str = "train"
+    channels: int = 3
+    name: str = ""
+    extra: dict = field(default_factory=dict)  # source, licence, image sizes...
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def uniform_side(self) -> int | None:
+        """The side of every image when all are square and of one size (as recorded), else None."""
+        size = self.extra.get("image_size") or {}
+        return size["max_side"] if size and size.get("min_side") == size.get("max_side") else None
+
+    @property
+    def path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    def split(self, name: str) -> list[ShardInfo]:
+        if name not in self.splits:
+            raise DataError(f"no split {name!r}; this manifest has: {', '.join(self.splits) or '(none)'}",
+                            shard=str(self.path), kind="unknown split")
+        return self.splits[name]
+
+    def shard_paths(self, split: str) -> list[Path]:
+        return [self.root / s.name for s in self.split(split)]
+
+    def samples(self, split: str) -> int:
+        return sum(s.samples for s in self.split(split))
+
+    def shard_info(self, path: str | Path) -> ShardInfo | None:
+        name = Path(path).name
+        for shards in self.splits.values():
+            for info in shards:
+                if info.name == name:
+                    return info
+        return None
+
+    def to_json(self) -> dict:
+        out = {
+            "format": FORMAT,
+            "name": self.name,
+            "classes": self.classes,
+            "channels": self.channels,
+            "splits": {
+                split: {"samples": sum(s.samples for s in shards),
+                        "shards": [{"name": s.name, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256}
+                                   for s in shards]}
+                for split, shards in self.splits.items()
+            },
+        }
+        if self.stats is not None:
+            out["stats"] = {"split": self.stats_split, "mean_rgb": self.stats.mean_rgb, "eigval": self.stats.eigval,
+                            "eigvec": self.stats.eigvec, "pixels": self.stats.pixels, "scale": "[0,1]"}
+        out.update(self.extra)
+        return out
+
+    def write(self, root: str | Path | None = None) -> Path:
+        path = Path(root or self.root) / MANIFEST_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        """Read ``path`` (a manifest file, or the directory holding ``manifest.json``)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError("manifest not found (create shards with `vggtk shards create`)", shard=str(path),
+                            kind="unreadable manifest") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"unreadable manifest ({exc})", shard=str(path), kind="unreadable manifest") from None
+        try:
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
+            splits = {
+                split: [ShardInfo(str(s["name"]), int(s["samples"]), int(s["bytes"]), str(s["sha256"]))
+                        for s in body["shards"]]
+                for split, body in data["splits"].items()
+            }
+            for shards in splits.values():
+                for s in shards:
+                    if Path(s.name).name != s.name:
+                        raise ValueError(f"shard name {s.name!r} must be a plain file name")
+            stats = None
+            if "stats" in data:
+                st = data["stats"]
+                stats = ColorStats([float(v) for v in st["mean_rgb"]], [float(v) for v in st["eigval"]],
+                                   [[float(v) for v in row] for row in st["eigvec"]], int(st.get("pixels", 0)))
+                if len(stats.mean_rgb) != 3 or len(stats.eigval) != 3 or np.shape(stats.eigvec) != (3, 3):
+                    raise ValueError("stats must hold 3 means, 3 eigenvalues and a 3x3 eigenvector matrix")
+            known = {"format", "name", "classes", "channels", "splits", "stats"}
+            return cls(root=path.parent, classes=[str(c) for c in data["classes"]], splits=splits, stats=stats,
+                       stats_split=str(data.get("stats", {}).get("split", "train")),
+                       channels=int(data.get("channels", 3)), name=str(data.get("name", "")),
+                       extra={k: v for k, v in data.items() if k not in known})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise DataError(f"unreadable manifest ({detail})", shard=str(path), kind="unreadable manifest") from None

@@ -1,0 +1,348 @@
+"""Reading shards: resolving a source to shard files, splitting an epoch's samples over ranks and
+DataLoader workers, the shuffle order, and turning tar members into checked samples.
+
+How an epoch is split. The shards are put in a seeded per-epoch order and their samples numbered
+0..N-1 in that order. Rank r of W takes the contiguous range [N*r/W, N*(r+1)/W); a rank's range is
+cut the same way among its workers. Every sample is read by exactly one worker of one rank, whatever
+the number of shards, and a worker opens only the shards its range touches (skipping to its first
+sample by tar headers). Each worker then shuffles with a buffer whose order is computed up front
+from (seed, epoch, rank, worker) over sample numbers alone, so a resumed run can drop the samples it
+already used without decoding them and go on in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ...runtime.seeding import derived_seed as derive_seed
+from ..decode import LazyImage
+from ..errors import DataError, SkipLog, handle
+from .manifest import MANIFEST_NAME, Manifest, ShardInfo, sha256_file
+from .records import IMAGE_EXTS
+
+
+def sample_generator(seed: int, epoch: int, key: str) -> torch.Generator:
+    """The augmentation randomness of one sample in one epoch: the same on any rank, worker or resume."""
+    g = torch.Generator()
+    g.manual_seed(derive_seed("augment", seed, epoch, key))
+    return g
+
+
+# -- which shards -----------------------------------------------------------------------------------
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """``a-{000..003}.tar`` and ``{train,val}-0.tar`` as in WebDataset (ranges keep zero padding)."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end():]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        lo, hi = rng.group(1), rng.group(2)
+        width = len(lo) if lo.startswith("0") else 0
+        step = 1 if int(hi) >= int(lo) else -1
+        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + step, step)]
+    else:
+        options = body.split(",")
+    return [out for opt in options for out in expand_braces(head + opt + tail)]
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    path: str
+    samples: int | None = None  # None: not known until counted
+    sha256: str | None = None
+    size: int | None = None
+
+
+def _count_samples(path: str) -> int:
+    keys, last = 0, None
+    for member in _iter_members(path, read=False):
+        key = member[0]
+        if key != last:
+            keys, last = keys + 1, key
+    return keys
+
+
+def resolve_source(source, split: str = "train") -> tuple[list[ShardRef], Manifest | None]:
+    """Shards to read and the manifest (if any) for: a ``Manifest``; a manifest file or a directory
+    holding ``manifest.json`` (``split`` picks the split); a brace pattern; or a list of shard paths.
+    Shards named without a manifest are matched against a ``manifest.json`` beside them when one exists."""
+    manifest = None
+    if isinstance(source, Manifest):
+        manifest = source
+    elif isinstance(source, (str, os.PathLike)) and (
+        Path(source).is_dir() or str(source).endswith(".json")
+    ):
+        manifest = Manifest.load(source)
+    if manifest is not None:
+        refs = [ShardRef(str(manifest.root / s.name), s.samples, s.sha256, s.bytes) for s in manifest.split(split)]
+    else:
+        paths = expand_braces(str(source)) if isinstance(source, (str, os.PathLike)) else [str(p) for p in source]
+        refs = []
+        beside = {}
+        for p in paths:
+            parent = Path(p).parent
+            if parent not in beside:
+                mpath = parent / MANIFEST_NAME
+                beside[parent] = Manifest.load(mpath) if mpath.exists() else None
+            info: ShardInfo | None = beside[parent].shard_info(p) if beside[parent] is not None else None
+            refs.append(ShardRef(str(p), info.samples, info.sha256, info.bytes) if info else ShardRef(str(p)))
+        manifest = next((m for m in beside.values() if m is not None), None)
+    if not refs:
+        raise DataError(f"no shards to read (split {split!r} of {source} is empty)" if manifest is not None
+                        else f"no shards to read: {source!r} names no shard files", kind="no shards")
+    for ref in refs:
+        if not os.path.exists(ref.path):
+            raise DataError("shard file not found", shard=ref.path, kind="missing shard")
+    refs = [r if r.samples is not None else ShardRef(r.path, _count_samples(r.path), r.sha256, r.size) for r in refs]
+    return refs, manifest
+
+
+# -- tar members ------------------------------------------------------------------------------------
+
+_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is everything before the first dot of the base name."""
+    base = name.rsplit("/", 1)[-1]
+    stem, _, ext = base.partition(".")
+    prefix = name[: len(name) - len(base)]
+    return prefix + stem, ext.lower()
+
+
+def _iter_members(path: str, read: bool = True, skip_samples: int = 0) -> Iterator[tuple[str, str, str, bytes | None]]:
+    """(key, ext, member name, data) for each file member; the first ``skip_samples`` samples are
+    passed over by their headers. Raises DataError naming the shard (and member) on a broken tar."""
+    member_name = None
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            seen, last = 0, None
+            while True:
+                info = tar.next()
+                if info is None:
+                    return
+                member_name = info.name
+                if not info.isfile():
+                    continue
+                key, ext = _split_name(info.name)
+                if key != last:
+                    seen, last = seen + 1, key
+                if seen <= skip_samples:
+                    continue
+                data = None
+                if read:
+                    f = tar.extractfile(info)
+                    data = f.read()
+                    if len(data) != info.size:
+                        raise EOFError(f"member holds {len(data)} of its {info.size} bytes")
+                yield key, ext, info.name, data
+    except DataError:
+        raise
+    except _TAR_ERRORS as exc:
+        what = "truncated or corrupt tar" if member_name is None or isinstance(exc, (EOFError, tarfile.ReadError, zlib.error)) \
+            else "unreadable tar"
+        raise DataError(f"{what} ({type(exc).__name__}: {exc})", shard=path, member=member_name,
+                        kind="truncated shard") from None
+
+
+def iter_raw(path: str, skip_samples: int = 0) -> Iterator[dict]:
+    """Group consecutive members of one key into a raw sample ``{"__key__", "__shard__", ext: bytes}``."""
+    current: dict | None = None
+    for key, ext, name, data in _iter_members(path, skip_samples=skip_samples):
+        if current is not None and current["__key__"] != key:
+            yield current
+            current = None
+        if current is None:
+            current = {"__key__": key, "__shard__": path, "__members__": []}
+        current[ext] = data
+        current["__members__"].append(name)
+    if current is not None:
+        yield current
+
+
+def parse_sample(raw: dict, num_classes: int | None = None, channels: int | None = None) -> dict:
+    """A checked sample: ``image`` (a LazyImage, decoded later), ``label``, optional ``boxes`` (float32
+    N x 4, x1 y1 x2 y2 pixels) and ``box_labels``. Raises DataError naming the shard and member."""
+    shard, key = raw["__shard__"], raw["__key__"]
+    exts = [e for e in IMAGE_EXTS if e in raw]
+    if not exts:
+        raise DataError("sample has no image (.jpg / .png)", shard, key, kind="missing image")
+    image_member = f"{key}.{exts[0]}"
+    if "cls" not in raw:
+        raise DataError("sample has no .cls label", shard, image_member, kind="missing label")
+    try:
+        label = int(raw["cls"].decode().strip())
+    except (UnicodeDecodeError, ValueError):
+        raise DataError(f"label is not an integer: {raw['cls'][:20]!r}", shard, f"{key}.cls",
+                        kind="bad label") from None
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        raise DataError(f"label {label} out of range [0, {num_classes})", shard, f"{key}.cls", kind="bad label")
+    sample = {"key": key, "label": label,
+              "image": LazyImage(raw[exts[0]], channels, shard=shard, member=image_member)}
+    if "json" in raw:
+        try:
+            meta = json.loads(raw["json"])
+            if "boxes" in meta:
+                boxes = torch.tensor(meta["boxes"], dtype=torch.float32).reshape(-1, 4)
+                box_labels = torch.tensor(meta.get("labels", [label] * len(boxes)), dtype=torch.int64)
+                if len(box_labels) != len(boxes):
+                    raise ValueError(f"{len(boxes)} boxes but {len(box_labels)} labels")
+                if num_classes is not None and len(box_labels) and (
+                        box_labels.min() < 0 or box_labels.max() >= num_classes):
+                    raise ValueError(f"box label out of range [0, {num_classes})")
+                sample["boxes"], sample["box_labels"] = boxes, box_labels
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise DataError(f"bad box annotation ({exc})", shard, f"{key}.json", kind="bad boxes") from None
+    return sample
+
+
+# -- splitting an epoch -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Piece:
+    """Samples [start, stop) of one shard (numbered in the shard's own order)."""
+
+    shard: ShardRef
+    start: int
+    stop: int
+
+
+def shard_order(refs: Sequence[ShardRef], seed: int, epoch: int, shuffle: bool) -> list[ShardRef]:
+    if not shuffle:
+        return list(refs)
+    perm = np.random.default_rng(derive_seed("shards", seed, epoch)).permutation(len(refs))
+    return [refs[i] for i in perm]
+
+
+def split_range(n: int, parts: int, index: int) -> tuple[int, int]:
+    return n * index // parts, n * (index + 1) // parts
+
+
+def assign(refs: Sequence[ShardRef], seed: int, epoch: int, shuffle: bool, rank: int, world_size: int,
+           worker: int, num_workers: int) -> list[Piece]:
+    """The pieces of shards that one worker of one rank reads this epoch."""
+    ordered = shard_order(refs, seed, epoch, shuffle)
+    total = sum(r.samples for r in ordered)
+    r0, r1 = split_range(total, world_size, rank)
+    w0, w1 = split_range(r1 - r0, num_workers, worker)
+    lo, hi = r0 + w0, r0 + w1
+    pieces, offset = [], 0
+    for ref in ordered:
+        a, b = max(lo, offset), min(hi, offset + ref.samples)
+        if a < b:
+            pieces.append(Piece(ref, a - offset, b - offset))
+        offset += ref.samples
+    return pieces
+
+
+def worker_sample_count(refs, world_size, num_workers, rank, worker) -> int:
+    total = sum(r.samples for r in refs)
+    r0, r1 = split_range(total, world_size, rank)
+    w0, w1 = split_range(r1 - r0, num_workers, worker)
+    return w1 - w0
+
+
+def shuffle_order(n: int, buffer: int, seed: int) -> np.ndarray:
+    """The order in which a shuffle buffer of ``buffer`` slots emits items 0..n-1 read in sequence."""
+    if buffer <= 1 or n <= 1:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    picks = rng.random(n)
+    out = np.empty(n, dtype=np.int64)
+    slots: list[int] = []
+    nxt = 0
+    for i in range(n):
+        while len(slots) < buffer and nxt < n:
+            slots.append(nxt)
+            nxt += 1
+        j = int(picks[i] * len(slots))
+        out[i] = slots[j]
+        slots[j] = slots[-1]
+        slots.pop()
+    return out
+
+
+# -- one worker's stream ----------------------------------------------------------------------------
+
+_BAD = object()
+_verified: dict[tuple, str] = {}
+
+
+def check_shard(ref: ShardRef, verify: str) -> None:
+    """Size always; sha256 once per process and file version when ``verify == "sha256"``."""
+    if ref.size is not None:
+        try:
+            size = os.path.getsize(ref.path)
+        except OSError as exc:
+            raise DataError(f"cannot read shard ({exc.strerror})", shard=ref.path, kind="missing shard") from None
+        if size != ref.size:
+            raise DataError(f"shard is {size} bytes, the manifest says {ref.size}: it changed or was cut short",
+                            shard=ref.path, kind="checksum mismatch")
+    if verify == "sha256" and ref.sha256:
+        st = os.stat(ref.path)
+        version = (ref.path, st.st_size, st.st_mtime_ns)
+        if version not in _verified:
+            _verified[version] = sha256_file(ref.path)
+        if _verified[version] != ref.sha256:
+            raise DataError(f"sha256 {_verified[version][:12]}... does not match the manifest's {ref.sha256[:12]}...",
+                            shard=ref.path, kind="checksum mismatch")
+
+
+def _raw_in_pieces(pieces: Sequence[Piece], on_error: str, log: SkipLog | None, verify: str) -> Iterator[tuple[int, object]]:
+    """(local index, raw sample or _BAD) for every sample in the pieces, in reading order."""
+    base = 0
+    for piece in pieces:
+        want = piece.stop - piece.start
+        got = 0
+        try:
+            check_shard(piece.shard, verify)
+            for raw in iter_raw(piece.shard.path, skip_samples=piece.start):
+                if got >= want:
+                    break
+                yield base + got, raw
+                got += 1
+            if got < want:
+                raise DataError(f"shard holds fewer samples than its manifest entry ({piece.shard.samples})",
+                                shard=piece.shard.path, kind="truncated shard")
+        except DataError as err:
+            handle(err, on_error, None)
+            if log is not None:  # the rest of this piece is lost: count it, sample by sample
+                for _ in range(want - got):
+                    log.add(err)
+            for i in range(got, want):
+                yield base + i, _BAD
+        base += want
+
+
+def worker_stream(pieces: Sequence[Piece], order: np.ndarray, start: int, on_error: str,
+                  log: SkipLog | None, verify: str = "sha256") -> Iterator[dict]:
+    """Raw samples in ``order`` (local indices), from position ``start`` on. Holds at most as many
+    read-but-not-yet-due samples as the shuffle buffer has slots."""
+    done = set(order[:start].tolist())
+    due = iter(order[start:].tolist())
+    want = next(due, None)
+    pending: dict[int, object] = {}
+    for i, raw in _raw_in_pieces(pieces, on_error, log, verify):
+        if i in done:
+            continue
+        pending[i] = raw
+        while want is not None and want in pending:
+            item = pending.pop(want)
+            if item is not _BAD:
+                yield item
+            want = next(due, None)

@@ -1,0 +1,399 @@
+"""Evaluation runner: test scales, ensembles, metrics over a data stream, the paper-style table and JSON.
+
+The ``vggtk eval`` command only wires data and checkpoints to these functions:
+
+    evaluator = get_evaluator("combined", train_scale=(256, 512), multi_scale=True)
+    result = run_evaluation([model_d, model_e], evaluator, batches, class_names=names)
+    print_results([result]); write_json([result], "eval.json", per_class=True)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..runtime.devices import mixed_precision
+from ..errors import VggtkError
+from .metrics import confusion_matrix, per_class_accuracy, save_confusion_png, topk_errors
+
+# --- scales ----------------------------------------------------------------------------------------------
+def parse_train_scale(spec) -> int | tuple[int, int]:
+    """A training scale as an int (fixed S) or (Smin, Smax) (jittered).
+
+    Accepts 256, (256, 512), [256, 512], "256", "256-512", "256,512", "256:512" and the paper's "[256;512]".
+    """
+    value = spec
+    if isinstance(spec, str):
+        parts = [p for p in re.split(r"[\s,;:\-\[\]()]+", spec.strip()) if p]
+        try:
+            value = [int(p) for p in parts]
+        except ValueError:
+            raise VggtkError(f"training scale {spec!r} is not S or Smin-Smax (e.g. 256 or 256-512)") from None
+        value = value[0] if len(value) == 1 else value
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        if value < 1:
+            raise VggtkError(f"training scale must be positive, got {value}")
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        lo, hi = value
+        if lo < 1 or lo > hi:
+            raise VggtkError(f"training scale range must have 0 < Smin <= Smax, got {lo}-{hi}")
+        return (lo, hi) if lo != hi else lo
+    raise VggtkError(f"training scale {spec!r} is not S or (Smin, Smax)")
+
+
+def paper_test_scales(train_scale, multi: bool = False) -> tuple[int, ...]:
+    """The paper's test scales for a training scale (Sec. 3.2, Tables 3-4).
+
+    Fixed S: Q = S, or {S-32, S, S+32} with ``multi``. Jittered [Smin; Smax]: Q = 0.5(Smin+Smax)
+    (rounded down), or {Smin, 0.5(Smin+Smax), Smax}.
+    """
+    s = parse_train_scale(train_scale)
+    if isinstance(s, int):
+        return (s - 32, s, s + 32) if multi else (s,)
+    lo, hi = s
+    mid = (lo + hi) // 2
+    return (lo, mid, hi) if multi else (mid,)
+
+
+def parse_scales(text: str) -> tuple[int, ...]:
+    """``"256,384,512"`` -> (256, 384, 512), for ``--scales``."""
+    try:
+        scales = tuple(int(p) for p in re.split(r"[\s,;]+", text.strip()) if p)
+    except ValueError:
+        raise VggtkError(f"--scales {text!r}: expected comma-separated integers such as 256,384,512") from None
+    if not scales or any(q < 1 for q in scales):
+        raise VggtkError(f"--scales {text!r}: expected positive integers such as 256,384,512")
+    return scales
+
+
+def format_train_scale(spec) -> str:
+    """256 -> "256"; (256, 512) -> "[256;512]" as in the paper's tables; None -> "-"."""
+    if spec is None:
+        return "-"
+    s = parse_train_scale(spec)
+    return str(s) if isinstance(s, int) else f"[{s[0]};{s[1]}]"
+
+
+# --- evaluators and ensembles ----------------------------------------------------------------------------
+def get_evaluator(name: str, **options) -> Callable:
+    """Build the evaluator registered as ``name`` (center, dense, multicrop, combined, or a plugin's)."""
+    from ..host.manager import get_host
+
+    return get_host().registry("evaluators").get(name).factory(**options)
+
+
+def _model_name(model: nn.Module) -> str:
+    arch = getattr(model, "vggtk_arch", None)
+    if isinstance(arch, dict) and arch.get("name"):
+        return arch["name"]
+    return type(model).__name__
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    n = getattr(model, "num_classes", None)
+    if n is None:
+        arch = getattr(model, "vggtk_arch", None)
+        n = arch.get("kwargs", {}).get("num_classes") if isinstance(arch, dict) else None
+    return n
+
+
+def check_same_classes(models: Sequence[nn.Module], class_lists: Sequence[Sequence[str] | None] | None = None,
+                       names: Sequence[str] | None = None) -> list[str] | None:
+    """Check that the members of an ensemble predict the same classes, in the same order.
+
+    ``class_lists[i]`` (else ``models[i].vggtk_classes``, else unknown) are the class names of member i.
+    Averaging posteriors of nets with different class lists would silently mix classes, so any
+    difference is a VggtkError naming both members. Returns the common class list, if any is known.
+    """
+    names = list(names) if names is not None else [f"model {i + 1} ({_model_name(m)})" for i, m in enumerate(models)]
+    if class_lists is None:
+        class_lists = [getattr(m, "vggtk_classes", None) for m in models]
+    if len(class_lists) != len(models) or len(names) != len(models):
+        raise VggtkError(f"{len(models)} models but {len(class_lists)} class lists and {len(names)} names")
+    counts = [(_num_classes(m), n) for m, n in zip(models, names)]
+    known = [(c, n) for c, n in counts if c is not None]
+    for c, n in known[1:]:
+        if c != known[0][0]:
+            raise VggtkError(f"cannot ensemble nets with different classes: {known[0][1]} has {known[0][0]} "
+                             f"classes, {n} has {c}")
+    reference: tuple[list[str], str] | None = None
+    for classes, n, (count, _) in zip(class_lists, names, counts):
+        if classes is None:
+            continue
+        classes = list(classes)
+        if count is not None and len(classes) != count:
+            raise VggtkError(f"{n}: {len(classes)} class names for a {count}-class net")
+        if reference is None:
+            reference = (classes, n)
+            continue
+        if classes != reference[0]:
+            diff = next((i for i, (a, b) in enumerate(zip(reference[0], classes)) if a != b), None)
+            if diff is None:
+                what = f"{len(reference[0])} vs {len(classes)} classes"
+            else:
+                what = f"class {diff} is {reference[0][diff]!r} in one and {classes[diff]!r} in the other"
+            raise VggtkError(f"cannot ensemble nets with different class lists: {reference[1]} and {n} ({what})")
+    return reference[0] if reference else None
+
+
+def ensemble_posteriors(models: Sequence[nn.Module], evaluator: Callable, images) -> torch.Tensor:
+    """Mean of the members' posteriors (the paper averages soft-max outputs, Sec. 4.4)."""
+    if isinstance(models, nn.Module):
+        models = [models]
+    total = None
+    for model in models:
+        p = evaluator(model, images).float()
+        total = p if total is None else total + p.to(total.device)
+    return total / len(models)
+
+
+# --- the runner ------------------------------------------------------------------------------------------
+@dataclass
+class EvalResult:
+    """One row of the results table, with everything behind it."""
+
+    config: str  # the net(s), e.g. "vgg-d" or "vgg-d + vgg-e"
+    train_scale: str  # "256", "[256;512]", "-" when unknown
+    test_scales: str  # "256,384,512"
+    method: str  # "dense", "multi-crop 5x5x2", ...
+    num_images: int
+    seconds: float  # time spent in the evaluators (data reading excluded)
+    errors: dict[int, float]  # top-k error in percent, by k
+    posteriors: torch.Tensor = field(repr=False)
+    labels: torch.Tensor = field(repr=False)
+    class_names: list[str] | None = field(default=None, repr=False)
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.num_images / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def num_classes(self) -> int:
+        return self.posteriors.shape[1]
+
+    def confusion(self) -> torch.Tensor:
+        return confusion_matrix(self.posteriors, self.labels)
+
+    def per_class_accuracy(self) -> torch.Tensor:
+        return per_class_accuracy(self.confusion())
+
+    def to_dict(self, per_class: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "config": self.config, "models": self.models, "train_scale": self.train_scale,
+            "test_scales": self.test_scales, "method": self.method, "images": self.num_images,
+            **{f"top{k}_err_pct": _finite(v) for k, v in self.errors.items()},
+            "seconds": round(self.seconds, 6), "images_per_s": _finite(self.images_per_s),
+            "num_classes": self.num_classes,
+        }
+        if per_class:
+            names = self.class_names or [str(i) for i in range(self.num_classes)]
+            counts = self.confusion().sum(dim=1)
+            out["per_class"] = [
+                {"class": name, "images": int(n), "top1_acc_pct": _finite(100 * a)}
+                for name, n, a in zip(names, counts.tolist(), self.per_class_accuracy().tolist())
+            ]
+        return out
+
+    def save_confusion_png(self, path: str | os.PathLike) -> Path:
+        return save_confusion_png(self.confusion(), path, self.class_names,
+                                  title=f"{self.config}, {self.method}, Q={self.test_scales}")
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+def _split_batch(batch) -> tuple[Any, torch.Tensor]:
+    try:
+        images, labels = batch
+    except (TypeError, ValueError):
+        raise VggtkError("each batch must be a pair (images, labels)") from None
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    return images, labels
+
+
+def _count(images) -> int:
+    if isinstance(images, torch.Tensor):
+        return 1 if images.ndim == 3 else images.shape[0]
+    return len(images)
+
+
+def _to(images, device: torch.device):
+    if isinstance(images, torch.Tensor):
+        return images.to(device)
+    return [t.to(device) for t in images]
+
+
+def _same_size_batches(images: Sequence[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+    """For evaluators that take only same-size batches: group a list of CHW images by size."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(images):
+        groups.setdefault(tuple(t.shape), []).append(i)
+    return [(idx, torch.stack([images[i] for i in idx])) for idx in groups.values()]
+
+
+def _posteriors_of(evaluator, model: nn.Module, images, n: int, accepts_lists: bool) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return evaluator(model, images if images.ndim == 4 else images[None])
+    if accepts_lists:
+        return evaluator(model, images)
+    parts = [(idx, evaluator(model, group)) for idx, group in _same_size_batches(images)]
+    out = parts[0][1].new_empty((n, parts[0][1].shape[-1]))
+    for idx, part in parts:
+        out[torch.tensor(idx, device=out.device)] = part
+    return out
+
+
+def _describe(evaluator) -> str:
+    if hasattr(evaluator, "describe"):
+        return evaluator.describe()
+    return getattr(evaluator, "name", None) or getattr(evaluator, "__name__", type(evaluator).__name__)
+
+
+def _joined(values: list[str], sep: str = " / ") -> str:
+    unique = list(dict.fromkeys(values))
+    return unique[0] if len(unique) == 1 else sep.join(values)
+
+
+def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable, batches: Iterable,
+                   *, class_names: Sequence[str] | None = None,
+                   class_lists: Sequence[Sequence[str] | None] | None = None,
+                   model_names: Sequence[str] | None = None, topk: Sequence[int] = (1, 5),
+                   total: int | None = None, progress: bool | None = None, console=None,
+                   autocast: bool | None = None) -> EvalResult:
+    """Evaluate ``models`` (an ensemble when more than one) with ``evaluator`` over ``batches``.
+
+    ``batches`` yields ``(images, labels)``: images an NCHW float tensor (normalised) or a list of CHW
+    tensors of any sizes, labels ints. Each model's posteriors come from ``evaluator(model, images)``;
+    the ensemble's are their mean. ``class_lists`` (or ``model.vggtk_classes``) are checked to agree;
+    ``class_names`` labels the per-class output and defaults to the common class list. ``total`` (images)
+    sizes the progress bar, shown on a terminal unless ``progress=False``. ``autocast`` runs the forward
+    passes under bf16 autocast; by default it is on for models on CUDA, as in training.
+    Returns an EvalResult; images/s counts the time spent in the evaluators only.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    if not models:
+        raise VggtkError("no models to evaluate")
+    names = list(model_names) if model_names is not None else [_model_name(m) for m in models]
+    common = check_same_classes(models, class_lists, [f"{n} (model {i + 1})" for i, n in enumerate(names)])
+    class_names = list(class_names) if class_names is not None else common
+    counts = {_num_classes(m) for m in models} - {None}
+    if class_names is not None and counts and len(class_names) not in counts:
+        raise VggtkError(f"{len(class_names)} class names for {counts.pop()}-class nets")
+    console = console or Console(stderr=True)
+    show = console.is_terminal if progress is None else progress
+    accepts_lists = getattr(evaluator, "accepts_lists", False)
+
+    all_posteriors: list[torch.Tensor] = []
+    all_labels: list[torch.Tensor] = []
+    seconds = 0.0
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                   console=console, transient=True, disable=not show)
+    with bar:
+        task = bar.add_task(f"eval {_describe(evaluator)}", total=total, rate="")
+        done = 0
+        for batch in batches:
+            images, labels = _split_batch(batch)
+            n = _count(images)
+            if labels.numel() != n:
+                raise VggtkError(f"a batch has {n} images but {labels.numel()} labels")
+            summed = None
+            for model in models:
+                device = next((p.device for p in model.parameters()), torch.device("cpu"))
+                images = _to(images, device)
+                amp = mixed_precision(device, autocast)
+                _sync(device)
+                start = time.perf_counter()
+                with amp:
+                    p = _posteriors_of(evaluator, model, images, n, accepts_lists)
+                _sync(device)
+                seconds += time.perf_counter() - start
+                p = p.float().cpu().reshape(n, -1)
+                summed = p if summed is None else summed + p
+            posteriors = summed / len(models)
+            if labels.numel() and (labels.min() < 0 or labels.max() >= posteriors.shape[1]):
+                bad = labels[(labels < 0) | (labels >= posteriors.shape[1])][0].item()
+                # said now, not after a long run: the labels and the nets disagree on the classes
+                raise VggtkError(f"label {bad} is outside the model's {posteriors.shape[1]} classes "
+                                 f"(0..{posteriors.shape[1] - 1})")
+            all_posteriors.append(posteriors)
+            all_labels.append(labels.cpu())
+            done += n
+            bar.update(task, advance=n, rate=f"{done / seconds:.1f} img/s" if seconds > 0 else "")
+    if not all_posteriors:
+        raise VggtkError("no images to evaluate: the data is empty")
+    posteriors = torch.cat(all_posteriors)
+    labels = torch.cat(all_labels)
+    if class_names is not None and len(class_names) != posteriors.shape[1]:
+        raise VggtkError(f"{len(class_names)} class names for {posteriors.shape[1]} posteriors per image")
+    errors = {k: 100.0 * e for k, e in topk_errors(posteriors, labels, topk).items()}
+    train = [format_train_scale(evaluator.train_scale_for(m)) if hasattr(evaluator, "train_scale_for") else "-"
+             for m in models]
+    tests = [",".join(map(str, evaluator.scales_for(m))) if hasattr(evaluator, "scales_for") else "-"
+             for m in models]
+    return EvalResult(config=" + ".join(names), train_scale=_joined(train), test_scales=_joined(tests),
+                      method=_describe(evaluator), num_images=posteriors.shape[0], seconds=seconds,
+                      errors=errors, posteriors=posteriors, labels=labels, class_names=class_names, models=names)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- output ------------------------------------------------------------------------------------------------
+def results_table(results: Sequence[EvalResult], title: str | None = None):
+    """A rich Table in the layout of the paper's Tables 3-5 (errors in percent)."""
+    from rich.table import Table
+
+    ks = list(results[0].errors) if results else [1, 5]
+    table = Table(title=title or "Top-k classification error (%)")
+    for col in ("config", "train S", "test Q", "method"):
+        table.add_column(col, no_wrap=True)
+    for k in ks:
+        table.add_column(f"top-{k} err", justify="right")
+    table.add_column("images/s", justify="right")
+    for r in results:
+        errs = [f"{r.errors[k]:.1f}" if k in r.errors and math.isfinite(r.errors[k]) else "-" for k in ks]
+        table.add_row(r.config, r.train_scale, r.test_scales, r.method, *errs, f"{r.images_per_s:.1f}")
+    return table
+
+
+def print_results(results: Sequence[EvalResult], console=None, title: str | None = None) -> None:
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(results_table(results, title))
+    sizes = sorted({r.num_images for r in results})
+    console.print(f"{' / '.join(map(str, sizes))} images; errors in percent; images/s counts time in the "
+                  "evaluators (data reading excluded).")
+
+
+def write_json(results: Sequence[EvalResult], path: str | os.PathLike, per_class: bool = False,
+               extra: dict | None = None) -> Path:
+    """Write the results (and, with ``per_class``, each class's top-1 accuracy) to ``path`` atomically."""
+    from .. import __version__
+
+    path = Path(path)
+    payload = {"vggtk_version": __version__, "error_unit": "percent", **(extra or {}),
+               "results": [r.to_dict(per_class=per_class) for r in results]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)  # a reader never sees half a file
+    return path

@@ -1,0 +1,1 @@
+"""Where and how code runs: devices and precision, torch.distributed, derived seeds, atomic files."""

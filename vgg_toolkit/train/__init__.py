@@ -1,0 +1,1 @@
+"""Training: the typed run configuration, batch sources, the loop, checkpoints, schedule, reporting."""

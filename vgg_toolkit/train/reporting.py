@@ -1,0 +1,122 @@
+"""What a training run shows and leaves behind: a progress bar, metrics.jsonl, a PNG plot of loss and
+error per epoch, and a closing summary. Only rank 0 reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+
+def plot_history(history: list[dict], path: Path) -> Path | None:
+    """Loss and top-1/top-5 validation error per epoch, as a PNG. Returns None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    ax_err.plot(epochs, [h["val_top1_err"] for h in history], marker="o", label="top-1")
+    ax_err.plot(epochs, [h["val_top5_err"] for h in history], marker="o", label="top-5")
+    ax_err.set(xlabel="epoch", ylabel="validation error (%)", title="Error")
+    ax_err.legend()
+    for h in history:
+        if h.get("decision") == "drop":
+            for ax in (ax_loss, ax_err):
+                ax.axvline(h["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+class TrainReporter:
+    """The ``on_event`` callback of :func:`vgg_toolkit.train.loop.train` for the command line."""
+
+    def __init__(self, run_dir: Path, console: Console | None = None, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.console = console or Console()
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
+        self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total} steps"),
+                                 TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2g}  "
+                                            "{task.fields[ips]:.0f} img/s"),
+                                 TimeRemainingColumn(), console=self.console, transient=True,
+                                 disable=not (progress and self.is_main))
+        self.task = None
+        self.started = time.perf_counter()
+        self.history: list[dict] = []
+        self.last_checkpoint = None
+
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def __call__(self, event: str, state: dict) -> None:
+        if not self.is_main:
+            return
+        say = self.console.print
+        if event == "start":
+            self.progress.start()
+            self.total = state["batches_per_epoch"]
+            say(f"training on {state['device']} x{state['world_size']}, {self.total} steps per epoch, "
+                f"run directory {self.run_dir}")
+        elif event == "resumed":
+            self.history = list(state["history"])
+            say(f"resumed from {state['checkpoint']} (epoch {state['epoch'] + 1}, step {state['step']})")
+        elif event == "initialised":
+            say(f"initialised from {state['source']}: {', '.join(state['copied'])}")
+        elif event == "step":
+            self._log({"event": "step", **state})
+            fields = dict(epoch=state["epoch"] + 1, loss=state["loss"], lr=state["lr"], ips=state["img_per_s"])
+            if self.task is None:
+                self.task = self.progress.add_task("train", total=self.total, **fields)
+            self.progress.update(self.task, completed=state["batch_in_epoch"], **fields)
+        elif event == "epoch":
+            self._log({"event": "epoch", **state})
+            self.history = [*self.history, state]
+            plot_history(self.history, self.run_dir / "metrics.png")
+            say(f"epoch {state['epoch']}: loss {state['train_loss']:.3f}, val err {state['val_top1_err']:.2f}% / "
+                f"{state['val_top5_err']:.2f}%, lr {state['lr']:.0e}, {state['decision']}, {state['seconds']:.0f} s")
+            if state.get("train_skipped"):
+                detail = f" (rank 0: {state['skipped_detail']})" if state["skipped_detail"] else ""
+                say(f"epoch {state['epoch']}: skipped {state['train_skipped']} unreadable training sample(s){detail}",
+                    style="yellow", markup=False, highlight=False)
+            if self.task is not None:
+                self.progress.reset(self.task, total=self.total)
+        elif event == "checkpoint":
+            self.last_checkpoint = state["path"]
+        elif event in ("end", "interrupted"):
+            self.progress.stop()
+            if event == "interrupted":
+                say(f"interrupted at step {state['step']}; saved {self.last_checkpoint}; "
+                    "run the same command again to resume")
+
+    def summary(self, result: dict, test: dict | None = None) -> None:
+        table = Table(title="Training finished")
+        table.add_column("")
+        table.add_column("")
+        best = result.get("best_val_top1_err")
+        rows = [("epochs", str(result["epoch"])), ("steps", str(result["step"])),
+                ("best val top-1 error", "-" if best is None else f"{best:.2f}%"),
+                ("wall time", f"{time.perf_counter() - self.started:.0f} s"),
+                ("checkpoint", str(result.get("checkpoint"))), ("best checkpoint", str(self.run_dir / "best")),
+                ("metrics", str(self.run_dir / "metrics.jsonl")), ("plot", str(self.run_dir / "metrics.png"))]
+        if test:
+            rows[3:3] = [("test top-1 error", f"{test['top1_err']:.2f}%"), ("test top-5 error", f"{test['top5_err']:.2f}%")]
+        for row in rows:
+            table.add_row(*row)
+        self.console.print(table)
