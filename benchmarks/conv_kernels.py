@@ -164,14 +164,14 @@ def time_layers(args) -> None:
 def train_step_rates(args) -> None:
     import torch
 
-    from vgg_toolkit.models.factory import create_model, prepare_model
+    from vgg_toolkit import create_model, model_info, prepare_model
 
     print(f"\nVGG-D training step, batch {args.batch}, {args.size}x{args.size}, bf16 autocast, channels_last, SGD")
     rates = {}
     for backend in ("torch", "triton", "auto"):
         torch.manual_seed(0)
         model = create_model("vgg-d", input_size=args.size).to(memory_format=torch.channels_last)
-        model = prepare_model(model, "cuda", conv_backend=backend)
+        model = prepare_model(model, "cuda", {"conv_backend": backend})
         opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=5e-4)
         images = torch.randn(args.batch, 3, args.size, args.size, device="cuda")
         images = images.contiguous(memory_format=torch.channels_last)
@@ -192,7 +192,7 @@ def train_step_rates(args) -> None:
             step()
         torch.cuda.synchronize()
         rates[backend] = args.steps * args.batch / (time.perf_counter() - start)
-        fused = len(getattr(model, "vggtk_fused_convs", []))
+        fused = len(model_info(model).runtime.get("fused_convs", []))
         print(f"  {backend:7} {rates[backend]:8.1f} images/s  ({fused} fused convs)"
               + (f"  ratio to torch {rates[backend] / rates['torch']:.3f}" if backend != "torch" else ""), flush=True)
         del model, opt

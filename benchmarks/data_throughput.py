@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vgg_toolkit import TrainScale
 from vgg_toolkit.data.shards.create import create_shards
 from vgg_toolkit.data.loader import make_loader, normalize_on_device
 from vgg_toolkit.data.sources.localisation import LABELME_ENV, LABELME_ROOT
@@ -109,7 +110,7 @@ class Baseline:
 
 
 def ours(shards: Path, epoch: int) -> int:
-    pipeline = train_pipeline(Manifest.load(shards), crop=224, smin=256, smax=512)
+    pipeline = train_pipeline(Manifest.load(shards), crop=224, scale=TrainScale(256, 512))
     loader = make_loader(shards, "train", batch_size=BATCH, augment=pipeline, seed=0, epoch=epoch, num_workers=0,
                          drop_last=False)
     n = 0

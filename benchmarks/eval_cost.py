@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from vgg_toolkit import create_model
-    from vgg_toolkit.evaluation.runner import parse_scales
+    from vgg_toolkit import create_model, parse_test_scales
     from vgg_toolkit.plugins.evaluators.protocols import Dense, MultiCrop
 
     if args.threads:
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     height, width = (int(v) for v in args.image.lower().split("x"))
-    scales = parse_scales(args.scales)
+    scales = parse_test_scales(args.scales)
 
     torch.manual_seed(0)
     model = create_model(args.arch, num_classes=1000, width=args.width, fc_dim=args.fc_dim,

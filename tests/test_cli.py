@@ -3,10 +3,13 @@
 import pytest
 import torch
 
-from cli_runner import vggtk
-from vgg_toolkit import create_model, load_weights, save_weights
+from cli_runner import input_error, vggtk
+from safetensors.torch import save_file
+
+from vgg_toolkit import create_model, load_weights, read_model_info, save_weights
 from vgg_toolkit.cli import main
 from vgg_toolkit.models.weights import read_tensors
+
 
 def test_models_table_has_the_exact_counts():
     result = vggtk("models")
@@ -29,19 +32,51 @@ def test_every_command_has_help(command):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_convert_between_layouts(tmp_path):
+def test_convert_between_layouts_keeps_the_model_record(tmp_path):
     torch.manual_seed(0)
-    model = create_model("vgg-a", num_classes=5, width=1 / 16, fc_dim=16, input_size=32, init="glorot")
+    model = create_model("vgg-a", num_classes=5, in_chans=1, width=1 / 16, fc_dim=16, input_size=32, init="glorot")
     src = save_weights(model, tmp_path / "a.safetensors")
-    result = vggtk("convert", str(src), str(tmp_path / "a_tv.safetensors"), "--to", "torchvision")
+    tv = tmp_path / "a_tv.safetensors"
+    result = vggtk("convert", src, tv, "--to", "torchvision")
     assert result.exit_code == 0, result.output
     assert "(vggtk layout)" in result.output and "(torchvision layout)" in result.output
-    assert "classifier.6.weight" in read_tensors(tmp_path / "a_tv.safetensors")
-    # Back again: a torchvision file records no architecture, so --arch names it.
+    assert "classifier.6.weight" in read_tensors(tv)
+    assert read_model_info(tv) == read_model_info(src)  # a round trip through another layout keeps it
     back = tmp_path / "a_back.safetensors"
-    result = vggtk("convert", str(tmp_path / "a_tv.safetensors"), str(back), "--arch", "vgg-a")
-    assert result.exit_code != 0  # width differs from the default: shapes cannot fit
-    assert "do not fit" in str(result.exception)
+    result = vggtk("convert", tv, back)
+    assert result.exit_code == 0, result.output
+    assert read_model_info(back) == read_model_info(src)
+    assert all(torch.equal(read_tensors(back)[k], v) for k, v in model.state_dict().items())
+    assert vggtk("convert", back, back).exit_code == 0 and read_model_info(back) == read_model_info(src)  # in place
+
+
+def test_convert_a_foreign_file_needs_the_architecture_and_its_options(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("vgg-a", num_classes=5, in_chans=1, width=1 / 16, fc_dim=16, input_size=32)
+    foreign = tmp_path / "theirs.safetensors"
+    save_file(model.export_state_dict("torchvision"), str(foreign))  # as another library writes it: no record
+    out = tmp_path / "ours.safetensors"
+    assert "no architecture recorded" in input_error(vggtk("convert", foreign, out))
+    assert "do not fit" in input_error(vggtk("convert", foreign, out, "--arch", "vgg-a"))  # the default width
+    assert "widht: not an option of architecture 'vgg-a' (did you mean 'width'?)" in \
+        input_error(vggtk("convert", foreign, out, "--arch", "vgg-a", "--model", "widht=0.0625"))
+    result = vggtk("convert", foreign, out, "--arch", "vgg-a", "--model", "width=0.0625", "--model", "fc_dim=16",
+                   "--model", "input_size=32", "--model", "in_chans=1")
+    assert result.exit_code == 0, result.output
+    info = read_model_info(out)
+    assert info.arch == "vgg-a" and info.options == {"num_classes": 5, "width": 0.0625, "fc_dim": 16,
+                                                     "input_size": 32, "in_chans": 1}
+    assert all(torch.equal(read_tensors(out)[k], v) for k, v in model.state_dict().items())
+
+
+def test_convert_reads_a_checkpoint_directory_and_refuses_a_folder_as_destination(tmp_path):
+    model = create_model("vgg-a", num_classes=5, width=1 / 16, fc_dim=16, input_size=32)
+    (tmp_path / "ckpt").mkdir()
+    save_weights(model, tmp_path / "ckpt" / "model.safetensors")
+    assert vggtk("convert", tmp_path / "ckpt", tmp_path / "w.safetensors").exit_code == 0
+    (tmp_path / "folder").mkdir()
+    assert "is a folder" in input_error(vggtk("convert", tmp_path / "ckpt", tmp_path / "folder"))
+    assert list((tmp_path / "folder").iterdir()) == []
 
 
 def test_convert_full_size_torchvision_file_needs_and_uses_arch(tmp_path):
@@ -51,9 +86,9 @@ def test_convert_full_size_torchvision_file_needs_and_uses_arch(tmp_path):
     model = meta.to_empty(device="cpu")
     for p in model.parameters():
         torch.nn.init.constant_(p, 0.5)
-    save_weights(model, tmp_path / "tv.safetensors", layout="torchvision")
+    save_file(model.export_state_dict("torchvision"), str(tmp_path / "tv.safetensors"))
     result = vggtk("convert", str(tmp_path / "tv.safetensors"), str(tmp_path / "out.safetensors"))
-    assert result.exit_code != 0 and "--arch" in str(result.exception)
+    assert "--arch" in input_error(result)
     result = vggtk("convert", str(tmp_path / "tv.safetensors"), str(tmp_path / "out.safetensors"), "--arch", "vgg11")
     assert result.exit_code == 0, result.output
     back = create_model("vgg-a", num_classes=3)

@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from cli_runner import vggtk
+from cli_runner import input_error, vggtk
+from vgg_toolkit import TrainScale, read_model_info
 from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.shards.reader import iter_raw
 from vgg_toolkit.data.shards.records import Record
@@ -26,12 +27,16 @@ def test_train_writes_checkpoints_metrics_plot_and_the_resolved_config(trained, 
         wrong = e["val_top1_err"] * n_val / 100
         assert 0 <= e["val_top1_err"] <= 100 and abs(wrong - round(wrong)) < 1e-6
     assert (run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    config = json.loads((run / "config.json").read_text())
+    plan = json.loads((run / "config.json").read_text())
+    config = plan["config"]
     assert config["epochs"] == 2 and config["batch_size"] == 16 and config["lr"] == 0.02  # TOML + CLI merged
-    assert config["model"]["in_chans"] == 1 and config["model"]["input_size"] == 32
-    assert config["train_scale"] == [32, 40] and config["classes"] == Manifest.load(shards).classes
-    assert (run / "best" / "model.safetensors").is_file()
-    assert "test top-1 error" in output and "Training finished" in output
+    # What the data decides is recorded beside what the user chose: the channels, the crop, the recipe's S.
+    assert plan["model_options"]["in_chans"] == 1 and plan["model_options"]["input_size"] == 32
+    assert plan["model_options"]["width"] == 0.25  # the VGG plugin's recipe for small images
+    assert plan["scale"] == [32, 40] and plan["facts"]["classes"] == Manifest.load(shards).classes
+    info = read_model_info(run / "best" / "model.safetensors")
+    assert info.classes == tuple(Manifest.load(shards).classes) and info.train_scale == TrainScale(32, 40)
+    assert "test top1_err" in output and "Training finished" in output
 
 
 def test_train_resumes_from_the_newest_checkpoint(trained, shards, tmp_path):
@@ -53,7 +58,7 @@ def test_eval_prints_the_table_and_writes_json(trained, shards, tmp_path):
     assert len(rows) == 4 and all(r["test_scales"] == "36" for r in rows)  # Q = (Smin + Smax) / 2
     assert (tmp_path / "cm.png").is_file()
     # The training run's closing test error is the same protocol run by the same code.
-    reported = float(output.split("test top-1 error")[1].split("%")[0].strip(" │"))
+    reported = float(output.split("test top1_err")[1].split("%")[0].strip(" │"))
     assert rows[0]["top1_err_pct"] == pytest.approx(reported, abs=0.005)
     assert len(rows[0]["per_class"]) == 3
 
@@ -61,38 +66,41 @@ def test_eval_prints_the_table_and_writes_json(trained, shards, tmp_path):
 def test_eval_ensemble_of_checkpoints_with_different_classes_is_an_error(trained, shards, tmp_path):
     run, _ = trained
     result = vggtk("eval", run / "best", tmp_path / "nothing", "--data", shards)
-    assert result.exit_code != 0 and "nothing: no checkpoint here" in str(result.exception)
+    assert result.exit_code != 0 and "nothing: no checkpoint here" in input_error(result)
 
 
 def test_train_rejects_inconsistent_options(shards, tmp_path):
     result = vggtk("train", "--data", shards, "--run-dir", tmp_path, "--scale", 30)
-    assert "below the crop size 32" in str(result.exception)
+    assert "training scale 30 is below the 32-pixel crop" in input_error(result)
     result = vggtk("train", "--data", shards, "--run-dir", tmp_path, "--scale-min", 32)
-    assert "needs both --scale-min and --scale-max" in str(result.exception)
+    assert "needs both --scale-min and --scale-max" in input_error(result)
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = [")
     result = vggtk("train", "--data", shards, "--config", bad)
-    assert "bad.toml: cannot read the run configuration" in str(result.exception)
+    assert "bad.toml: cannot read the run configuration" in input_error(result)
     bad.write_text("epochz = 3\n")
     result = vggtk("train", "--data", shards, "--config", bad)
-    assert "unknown training option(s): epochz" in str(result.exception)
+    assert "bad.toml: epochz: unknown training option (did you mean 'epochs'?)" in input_error(result)
 
 
 def test_init_from_the_same_architecture_fine_tunes_at_the_papers_lower_rate(trained, shards):
-    from vgg_toolkit.train.run import build_config
+    from vgg_toolkit.data.facts import data_facts
+    from vgg_toolkit.train.config import parse_config
+    from vgg_toolkit.train.plan import plan_run
 
     run, _ = trained
-    manifest = Manifest.load(shards)
-    assert build_config({"init_from": str(run / "best")}, manifest).lr == 1e-3  # S=384 from S=256 style
-    assert build_config({"init_from": str(run / "best"), "arch": "vgg-d"}, manifest).lr == 1e-2  # A -> D
-    assert build_config({"init_from": str(run / "best"), "lr": 0.05}, manifest).lr == 0.05
+    facts = data_facts(Manifest.load(shards))
+    lr = lambda **values: plan_run(parse_config({"init_from": str(run / "best"), **values}), facts).lr  # noqa: E731
+    assert lr() == 1e-3  # S=384 from S=256 style
+    assert lr(arch="vgg-d") == 1e-2  # A -> D
+    assert lr(lr=0.05) == 0.05
 
 
 # Streaming training: what runs when a split is too big to decode up front, or holds photos of many sizes.
 
 @pytest.fixture
 def streamed(monkeypatch):
-    monkeypatch.setattr("vgg_toolkit.train.run.IN_MEMORY_LIMIT", 0)
+    monkeypatch.setattr("vgg_toolkit.train.batches.IN_MEMORY_LIMIT", 0)
 
 
 def stream_train(shards, run, *extra):
@@ -121,7 +129,7 @@ def test_streaming_run_killed_mid_epoch_resumes_to_the_same_weights_on_the_same_
     other_grid = stream_train(shards, tmp_path / "whole", "--resume", tmp_path / "whole" / checkpoints[0].name,
                               "--workers", 2)
     assert other_grid.exit_code != 0
-    assert "stopped mid-epoch with workers 1 (this run: 2); resume with the same" in str(other_grid.exception)
+    assert "stopped mid-epoch with workers 1 (this run: 2); resume with the same" in input_error(other_grid)
 
 
 def test_streaming_training_counts_and_names_skipped_samples(streamed, shards, tmp_path):
@@ -141,7 +149,7 @@ def test_streaming_training_counts_and_names_skipped_samples(streamed, shards, t
     member = f"{bad.key}.png"
 
     failed = stream_train(data, tmp_path / "fail")
-    assert failed.exit_code != 0 and f"{tar.name}[{member}]: cannot decode image" in str(failed.exception)
+    assert failed.exit_code != 0 and f"{tar.name}[{member}]: cannot decode image" in input_error(failed)
 
     result = stream_train(data, tmp_path / "skip", "--on-error", "skip")
     assert result.exit_code == 0, result.output

@@ -7,11 +7,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from vgg_toolkit import VggtkError, create_model
-from vgg_toolkit.evaluation.runner import (
-    check_same_classes, ensemble_posteriors, format_train_scale, get_evaluator, paper_test_scales, parse_scales,
-    parse_train_scale, print_results, results_table, run_evaluation, write_json,
-)
+from vgg_toolkit import TrainScale, VggtkError, create_model, model_info, parse_test_scales, set_model_info
+from vgg_toolkit.evaluation.report import print_results, results_table, write_json
+from vgg_toolkit.evaluation.runner import check_same_classes, ensemble_posteriors, get_evaluator, run_evaluation
 from vgg_toolkit.evaluation.metrics import topk_error
 from vgg_toolkit.plugins.evaluators.protocols import Dense
 
@@ -41,27 +39,32 @@ def stream():
     return [(batch, torch.tensor([0, 3, 7])), (mixed, [1, 3, 9])]
 
 
+def trained_as(model, classes=None, scale=None):
+    """``model`` as a checkpoint loader gives it: its model info records its classes and training scale."""
+    return set_model_info(model, model_info(model).trained_on(classes, scale, None))
+
+
 # --- scales -------------------------------------------------------------------------------------------
 def test_paper_test_scales_for_fixed_and_jittered_training_scales():
-    assert paper_test_scales(256) == (256,)
-    assert paper_test_scales(384, multi=True) == (352, 384, 416)
-    assert paper_test_scales((256, 512)) == (384,)
-    assert paper_test_scales("[256;512]", multi=True) == (256, 384, 512)
-    assert paper_test_scales("256-512", multi=True) == paper_test_scales([256, 512], multi=True)
+    assert TrainScale.parse(256).test_scales() == (256,)
+    assert TrainScale.parse(384).test_scales(multi=True) == (352, 384, 416)
+    assert TrainScale.parse((256, 512)).test_scales() == (384,)
+    assert TrainScale.parse("[256;512]").test_scales(multi=True) == (256, 384, 512)
+    assert TrainScale.parse("256-512") == TrainScale.parse([256, 512]) == TrainScale(256, 512)
 
 
 def test_scale_specs_parse_and_format_or_fail_clearly():
-    assert parse_train_scale("256") == 256 and parse_train_scale("256,512") == (256, 512)
-    assert parse_train_scale((384, 384)) == 384  # a range of one size is a fixed scale
-    assert format_train_scale((256, 512)) == "[256;512]" and format_train_scale(256) == "256"
-    assert format_train_scale(None) == "-"
-    assert parse_scales("256, 384,512") == (256, 384, 512)
-    for bad in ("512-256", "0", "a-b", (1, 2, 3)):
+    assert TrainScale.parse("256") == TrainScale(256, 256) and TrainScale.parse("256,512") == TrainScale(256, 512)
+    assert not TrainScale.parse((384, 384)).jittered  # a range of one size is a fixed scale
+    assert str(TrainScale(256, 512)) == "[256;512]" and str(TrainScale.parse(256)) == "256"
+    assert TrainScale(32, 40).to_json() == [32, 40] and TrainScale.parse([36]).to_json() == [36]
+    assert parse_test_scales("256, 384,512") == (256, 384, 512)
+    for bad in ("512-256", "0", "a-b", (1, 2, 3), 99999999, True, 2.5):
         with pytest.raises(VggtkError):
-            parse_train_scale(bad)
-    for bad in ("", "256,x", "-3"):
+            TrainScale.parse(bad)
+    for bad in ("", "256,x", "-3", "99999999"):
         with pytest.raises(VggtkError):
-            parse_scales(bad)
+            parse_test_scales(bad)
 
 
 # --- ensembles ------------------------------------------------------------------------------------------
@@ -91,13 +94,13 @@ def test_nets_with_different_class_lists_cannot_be_ensembled(stream):
     other = names[:4] + ["dog"] + names[5:]
     with pytest.raises(VggtkError, match="class 4 is 'class4' in one and 'dog' in the other"):
         run_evaluation([a, b], Dense(scales=[32]), stream, class_lists=[names, other], progress=False)
-    b.vggtk_classes = other  # as a checkpoint loader would record them
-    a.vggtk_classes = names
+    trained_as(b, other)
+    trained_as(a, names)
     with pytest.raises(VggtkError, match="different class lists"):
         check_same_classes([a, b], names=["d.ckpt", "e.ckpt"])
     with pytest.raises(VggtkError, match="has 10 classes, .* has 7"):
         check_same_classes([a, tiny(num_classes=7)])
-    b.vggtk_classes = names
+    trained_as(b, names)
     assert check_same_classes([a, b]) == names
 
 
@@ -132,7 +135,7 @@ def test_runner_groups_mixed_sizes_for_evaluators_that_need_same_size_batches(st
 
 def test_runner_reports_the_scales_from_the_training_scale(stream):
     model = tiny()
-    model.vggtk_train_scale = (32, 64)
+    trained_as(model, scale=TrainScale(32, 64))
     result = run_evaluation(model, get_evaluator("combined", multi_scale=True), stream[:1], progress=False)
     assert (result.train_scale, result.test_scales) == ("[32;64]", "32,48,64")
     assert result.method.startswith("dense + multi-crop 5x5x2")
@@ -145,7 +148,7 @@ def test_runner_rejects_bad_batches():
         run_evaluation(model, Dense(), [(x, [0, 1])], progress=False)
     with pytest.raises(VggtkError, match="data is empty"):
         run_evaluation(model, Dense(), [], progress=False)
-    with pytest.raises(VggtkError, match="outside the model's 10 classes"):
+    with pytest.raises(VggtkError, match="label 12 is outside the 10 classes"):
         run_evaluation(model, Dense(), [(x, [12])], progress=False)
 
 
@@ -168,7 +171,7 @@ def test_table_json_per_class_and_confusion_png(stream, tmp_path):
     print_results(results, console=console, title="Table 5 (tiny)")
     text = console.export_text()
     for word in ("config", "train S", "test Q", "method", "top-1 err", "top-5 err", "images/s", "32,40",
-                 "multi-crop 5x5x2", f"{results[1].errors[5]:.1f}"):
+                 "multi-crop 5x5x2", f"{results[1].errors[5]:.2f}"):
         assert word in text
     assert results_table(results).row_count == 2
 
@@ -184,7 +187,7 @@ def test_table_json_per_class_and_confusion_png(stream, tmp_path):
     hits = results[1].posteriors.argmax(1) == results[1].labels
     correct_c3 = int(hits[results[1].labels == 3].sum())
     assert per_class["c3"]["top1_acc_pct"] == pytest.approx(100 * correct_c3 / 2)
-    assert not list(tmp_path.glob("out/.*.tmp"))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["eval.json"]  # no temporary file left
 
     png = results[0].save_confusion_png(tmp_path / "cm.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

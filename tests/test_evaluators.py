@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vgg_toolkit import VggtkError, create_model
-from vgg_toolkit.evaluation.runner import get_evaluator
+from vgg_toolkit import (TrainScale, VggtkError, create_model, get_evaluator, grid_positions, model_info, rescale,
+                         rescaled_size, set_model_info)
 from vgg_toolkit.plugins.evaluators.protocols import (
-    CenterCrop, Combined, Dense, MultiCrop, class_score_map, dense_scores, grid_positions, rescale, rescaled_size,
+    CenterCrop, Combined, Dense, MultiCrop, class_score_map, dense_scores,
 )
 
 pytest.importorskip("skimage.data")
@@ -296,7 +296,7 @@ def test_default_test_scales_come_from_the_training_scale():
     assert Dense(train_scale=96, multi_scale=True).scales_for(model) == (64, 96, 128)
     assert MultiCrop(train_scale=(64, 128)).scales_for(model) == (96,)
     assert MultiCrop(train_scale="[64;128]", multi_scale=True).views_per_image(model) == 150
-    model.vggtk_train_scale = (64, 128)  # as a checkpoint loader would record it
+    set_model_info(model, model_info(model).trained_on(None, TrainScale(64, 128), None))  # as a checkpoint records
     assert Combined(multi_scale=True).scales_for(model) == (64, 96, 128)
     assert Combined(scales=[80]).scales_for(model) == (80,)  # explicit scales win
     with pytest.raises(VggtkError):

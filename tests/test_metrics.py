@@ -43,7 +43,7 @@ def test_top5_with_fewer_than_five_classes_is_zero_not_an_error():
 
 
 def test_bad_labels_and_shapes_are_clear_errors():
-    with pytest.raises(VggtkError, match="label 7 is outside the model's 6 classes"):
+    with pytest.raises(VggtkError, match="label 7 is outside the 6 classes"):
         topk_error(POSTERIORS, torch.tensor([0, 1, 7, 0]))
     with pytest.raises(VggtkError, match="4 posteriors but 3 labels"):
         topk_error(POSTERIORS, torch.tensor([0, 1, 2]))

@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from realdata import fashion_sample
+from tiny_training import NET, tiny_run
+from vgg_toolkit import VggtkError
 from vgg_toolkit.train.batches import InMemorySource
 from vgg_toolkit.train.checkpoint import complete_checkpoints, latest_checkpoint
-from vgg_toolkit.train.loop import NonFiniteError, TrainConfig, train
+from vgg_toolkit.train.loop import NonFiniteError, train
 
 JOB = Path(__file__).parent / "jobs" / "train_job.py"
 
@@ -102,12 +103,9 @@ def test_gradient_accumulation_matches_the_full_batch(reference, tmp_path):
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    (x, y), (vx, vy) = fashion_sample(256), fashion_sample(64, split="test")
-    source = InMemorySource((x, y), (vx, vy), num_classes=10, mean=[x.float().mean().item()])
-    config = TrainConfig(arch="vgg-a", model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32, init="kaiming"),
-                         epochs=3, batch_size=32, lr=1e9, log_every=1)
+    plan, source = tiny_run(epochs=3, batch_size=32, lr=1e9, log_every=1)
     with pytest.raises(NonFiniteError, match=r"non-finite loss or gradient at step \d+") as err:
-        train(config, source, tmp_path)
+        train(plan, source, tmp_path)
     assert "no checkpoint was written yet" in str(err.value)
     assert complete_checkpoints(tmp_path) == []
 
@@ -115,9 +113,9 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_c
 class PoisonedSource(InMemorySource):
     """Real data whose normalised batch turns infinite at one chosen training call."""
 
-    def __init__(self, *args, poison_at, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.calls, self.poison_at = 0, poison_at
+        self.calls, self.poison_at = 0, None
 
     def normalize(self, images):
         out = super().normalize(images)
@@ -129,28 +127,23 @@ class PoisonedSource(InMemorySource):
 
 
 def test_divergence_after_a_checkpoint_names_the_step_and_keeps_that_checkpoint(tmp_path):
-    (x, y), (vx, vy) = fashion_sample(256), fashion_sample(64, split="test")
-    source = PoisonedSource((x, y), (vx, vy), num_classes=10, mean=[x.float().mean().item()], poison_at=5)
-    config = TrainConfig(arch="vgg-a", model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32, init="kaiming"),
-                         epochs=2, batch_size=32, log_every=1, checkpoint_every=2)
+    plan, source = tiny_run(source_class=PoisonedSource, epochs=2, batch_size=32, log_every=1, checkpoint_every=2)
+    source.poison_at = 5
     with pytest.raises(NonFiniteError, match=r"at step 5: training stopped; last good checkpoint: .*ckpt-000000004"):
-        train(config, source, tmp_path)
+        train(plan, source, tmp_path)
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["ckpt-000000002", "ckpt-000000004"]
 
 
 def test_bad_batch_split_is_a_clear_error(tmp_path):
-    (x, y), (vx, vy) = fashion_sample(256), fashion_sample(64, split="test")
-    source = InMemorySource((x, y), (vx, vy), num_classes=10, mean=[0.0])
-    config = TrainConfig(model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32), batch_size=30, accum_steps=4)
-    with pytest.raises(Exception, match="global batch 30 does not split into 1 rank"):
-        train(config, source, tmp_path)
+    plan, source = tiny_run(batch_size=30, accum_steps=4)
+    with pytest.raises(VggtkError, match="global batch 30 does not split into 1 rank"):
+        train(plan, source, tmp_path)
 
 
 def test_init_from_a_copies_the_first_four_convs_and_the_fcs_into_d(tmp_path):
-    from vgg_toolkit import create_model, save_weights
-    from vgg_toolkit.train.loop import initialise_from
+    from vgg_toolkit import create_model, initialise_from, save_weights
 
-    kw = dict(num_classes=10, width=1 / 8, fc_dim=32, input_size=32, init="kaiming")
+    kw = dict(num_classes=10, **NET, input_size=32)
     torch.manual_seed(1)
     a = create_model("vgg-a", **kw)
     save_weights(a, tmp_path / "a.safetensors")
@@ -167,31 +160,22 @@ def test_init_from_a_copies_the_first_four_convs_and_the_fcs_into_d(tmp_path):
             assert torch.equal(value, a.state_dict()[key]), key
         else:
             assert torch.equal(value, before[key]), key  # the rest keeps its random init
-    with pytest.raises(Exception, match="cannot initialise vgg-d from vgg-a"):
+    with pytest.raises(VggtkError, match="cannot initialise vgg-d from vgg-a"):
         initialise_from(create_model("vgg-d", **{**kw, "width": 1 / 4}), tmp_path / "a.safetensors")
 
 
-def _small_run(tmp_path, **overrides):
-    (x, y), (vx, vy) = fashion_sample(128), fashion_sample(32, split="test")
-    source = InMemorySource((x, y), (vx, vy), num_classes=10, mean=[x.float().mean().item()])
-    config = TrainConfig(arch="vgg-a", model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32, init="kaiming"),
-                         epochs=1, batch_size=32, log_every=1, **overrides)
-    return config, source
-
-
 def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(tmp_path):
-    config, source = _small_run(tmp_path)
-    train(config, source, tmp_path)
-    with pytest.raises(Exception, match="already holds checkpoints of another run"):
-        train(config, source, tmp_path, resume=None)
+    plan, source = tiny_run(128, 32, epochs=1, batch_size=32, log_every=1)
+    train(plan, source, tmp_path)
+    with pytest.raises(VggtkError, match="already holds checkpoints of another run"):
+        train(plan, source, tmp_path, resume=None)
 
 
 def test_resuming_with_other_options_is_refused_but_more_epochs_are_fine(tmp_path):
-    config, source = _small_run(tmp_path)
-    train(config, source, tmp_path)
-    changed, _ = _small_run(tmp_path, lr=0.5)
-    with pytest.raises(Exception, match=r"trained with other options \(lr: 0.01 -> 0.5\)"):
+    plan, source = tiny_run(128, 32, epochs=1, batch_size=32, log_every=1)
+    train(plan, source, tmp_path)
+    changed, _ = tiny_run(128, 32, epochs=1, batch_size=32, log_every=1, lr=0.5)
+    with pytest.raises(VggtkError, match=r"trained with other options \(lr: 0.01 -> 0.5\)"):
         train(changed, source, tmp_path)
-    longer, _ = _small_run(tmp_path)
-    longer.epochs = 2
+    longer, _ = tiny_run(128, 32, epochs=2, batch_size=32, log_every=1)
     assert train(longer, source, tmp_path)["epoch"] == 2

@@ -8,12 +8,10 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from cli_runner import vggtk
+from cli_runner import input_error, vggtk
 from realdata import fashion_sample, photo
-from vgg_toolkit.data.shards.manifest import Manifest
-from vgg_toolkit.errors import VggtkError
+from vgg_toolkit import Manifest, TrainScale, VggtkError, create_model, model_info, set_model_info
 from vgg_toolkit.plugins.transfer.linear_probe import fit_linear_svm
-from vgg_toolkit.models.factory import create_model
 from vgg_toolkit.plugins.transfer.features import descriptor_scales, image_descriptors
 
 SHARDS = Path(__file__).resolve().parents[1] / "shards"
@@ -57,12 +55,15 @@ def test_stacked_scales_hold_each_scales_descriptor(net):
 
 
 def test_default_scales_are_the_papers_multi_scale_set_raised_to_the_input_size(net):
-    net.vggtk_train_scale = (32, 40)
-    assert descriptor_scales(net) == (32, 36, 40)
-    net.vggtk_train_scale = 32
-    assert descriptor_scales(net) == (32, 64)  # {S-32, S, S+32}: 0 -> 32 and 32 merge
-    assert descriptor_scales(net, [16, 48]) == (32, 48)
-    del net.vggtk_train_scale
+    untrained = model_info(net)
+    try:
+        set_model_info(net, untrained.trained_on(None, TrainScale(32, 40), None))
+        assert descriptor_scales(net) == (32, 36, 40)
+        set_model_info(net, untrained.trained_on(None, TrainScale(32, 32), None))
+        assert descriptor_scales(net) == (32, 64)  # {S-32, S, S+32}: 0 -> 32 and 32 merge
+        assert descriptor_scales(net, [16, 48]) == (32, 48)
+    finally:
+        set_model_info(net, untrained)
 
 
 def read(path):
@@ -123,7 +124,7 @@ def test_linear_probe_picks_c_on_val_and_scores_the_test_split(extracted, tmp_pa
     fixed = vggtk("linear-probe", out, "--c", "1", "--val", "")
     assert fixed.exit_code == 0 and "C=0.1" not in fixed.output and "linear SVM (C=1)" in fixed.output
     missing = vggtk("linear-probe", tmp_path)
-    assert "train.safetensors: no such features file" in str(missing.exception)
+    assert "train.safetensors: no such features file" in input_error(missing)
 
 
 def test_two_checkpoints_are_stacked_and_bad_requests_are_named(trained, shards, tmp_path):
@@ -138,9 +139,9 @@ def test_two_checkpoints_are_stacked_and_bad_requests_are_named(trained, shards,
     assert torch.allclose(double, torch.cat([single, single], 1) / 2**0.5, atol=1e-6)
     assert len(json.loads(meta["checkpoints"])) == 2
     missing = vggtk("extract-features", run / "best", "--data", shards, "--splits", "holdout", "--out", tmp_path)
-    assert "no split 'holdout'; it has train, val, test" in str(missing.exception)
+    assert "no split 'holdout'; this manifest has: train, val, test" in input_error(missing)
     tap = vggtk("extract-features", run / "best", "--data", shards, "--tap", "fc9", "--out", tmp_path)
-    assert "unknown feature tap(s) fc9" in str(tap.exception)
+    assert "unknown feature tap(s) fc9" in input_error(tap)
 
 
 def test_photos_of_many_sizes_are_described_one_at_a_time(tmp_path):

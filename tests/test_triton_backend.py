@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vgg_toolkit.errors import VggtkError
-from vgg_toolkit.models.factory import create_model, prepare_model
+from vgg_toolkit import create_model, model_info, prepare_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -40,10 +40,10 @@ def test_swap_keeps_state_dict_parameters_logits_and_gradients(host):
     model = tiny_vgg().eval()  # config C: ten 3x3 convs and three 1x1 convs
     plain = copy.deepcopy(model).to(DEVICE)
     keys, params = list(model.state_dict()), dict(model.named_parameters())
-    prepare_model(model, DEVICE, conv_backend="triton")
+    prepare_model(model, DEVICE, {"conv_backend": "triton"})
 
     convs = [f"features.block{b}.conv{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)]
-    assert fused_names(model) == model.vggtk_fused_convs == convs
+    assert fused_names(model) == model_info(model).runtime["fused_convs"] == convs
     assert model.features.block3.conv3.kernel_size == (1, 1)
     assert not any(isinstance(m, nn.ReLU) for m in model.features.modules())
     assert list(model.state_dict()) == keys
@@ -81,41 +81,41 @@ def test_swap_rules_on_any_module_tree(host):
     )).eval()
     x = torch.randn(1, 3, 7, 9)
     expected = net(x)
-    prepare_model(net, DEVICE, conv_backend="triton")
-    assert net.vggtk_fused_convs == ["first", "inner.0", "inner.2"]
+    prepare_model(net, DEVICE, {"conv_backend": "triton"})
+    assert fused_names(net) == ["first", "inner.0", "inner.2"]
     assert isinstance(net.first_relu, nn.Identity) and isinstance(net.strided_relu, nn.ReLU)
     assert net.inner[2].bias is None
     out = net(x.to(DEVICE))
     assert (out - expected.to(DEVICE)).abs().max() <= 1e-4 * expected.abs().max()
-    prepare_model(net, DEVICE, conv_backend="triton")  # nothing left to fuse, nothing fused twice
+    prepare_model(net, DEVICE, {"conv_backend": "triton"})  # nothing left to fuse, nothing fused twice
     assert fused_names(net) == ["first", "inner.0", "inner.2"]
 
 
 def test_conv_followed_by_batchnorm_is_left_alone(host):
     model = tiny_vgg("vgg-d", batch_norm=True)
     keys = list(model.state_dict())
-    prepare_model(model, DEVICE, conv_backend="triton")
-    assert model.vggtk_fused_convs == [] and fused_names(model) == []
+    prepare_model(model, DEVICE, {"conv_backend": "triton"})
+    assert model_info(model).runtime["fused_convs"] == [] and fused_names(model) == []
     assert list(model.state_dict()) == keys
 
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_torch_and_auto_leave_a_cpu_model_alone(host, backend):
     model = tiny_vgg()
-    prepare_model(model, "cpu", conv_backend=backend)
-    assert not hasattr(model, "vggtk_fused_convs")
+    prepare_model(model, "cpu", {"conv_backend": backend})
+    assert "fused_convs" not in model_info(model).runtime
     assert sum(isinstance(m, nn.ReLU) for m in model.features.modules()) == 13
 
 
 def test_triton_on_cpu_without_interpreter_is_an_error(host, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(VggtkError, match="'triton' needs a CUDA GPU.*use --conv-backend torch or auto"):
-        prepare_model(tiny_vgg(), "cpu", conv_backend="triton")
+        prepare_model(tiny_vgg(), "cpu", {"conv_backend": "triton"})
 
 
 def test_unknown_backend_is_an_error_listing_the_choices(host):
-    with pytest.raises(VggtkError, match="unknown conv backend 'cudnn'; choose one of torch, triton, auto"):
-        prepare_model(tiny_vgg(), "cpu", conv_backend="cudnn")
+    with pytest.raises(VggtkError, match="conv_backend: 'cudnn' is not one of torch, triton, auto"):
+        prepare_model(tiny_vgg(), "cpu", {"conv_backend": "cudnn"})
 
 
 def test_loading_plugins_and_preparing_on_cpu_import_no_triton():
@@ -123,9 +123,9 @@ def test_loading_plugins_and_preparing_on_cpu_import_no_triton():
     TRITON_INTERPRET is read when the kernels are first defined."""
     code = (
         "import sys\n"
-        "from vgg_toolkit.models.factory import create_model, prepare_model\n"
+        "from vgg_toolkit import create_model, model_info, prepare_model\n"
         "model = create_model('vgg-a', width=1 / 16, fc_dim=16, input_size=32)\n"
-        "prepare_model(model, 'cpu', conv_backend='auto')\n"
+        "prepare_model(model, 'cpu', {'conv_backend': 'auto'})\n"
         "print(sorted(m for m in sys.modules if m == 'triton' or m.startswith('vgg_toolkit.kernels.')))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vgg_toolkit import VggtkError, create_model, list_models
+from vgg_toolkit import VggtkError, create_model, list_models, model_info
 from vgg_toolkit.models.stats import model_stats
 
 PAPER_PARAMETERS = {  # Table 2, exact counts with 1000 classes
@@ -30,7 +30,7 @@ def test_parameter_count_and_depth_match_the_paper(name):
 @pytest.mark.parametrize("alias,name", [("vgg11", "vgg-a"), ("vgg13", "vgg-b"), ("vgg16", "vgg-d"), ("VGG19", "vgg-e")])
 def test_aliases(alias, name):
     with torch.device("meta"):
-        assert create_model(alias).vggtk_arch["name"] == name
+        assert model_info(create_model(alias)).arch == name
 
 
 def test_forward_cost_matches_the_paper():

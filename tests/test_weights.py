@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vgg_toolkit import WeightsError, create_model, load_weights, save_weights
-from vgg_toolkit.models.weights import read_arch, read_tensors
+from vgg_toolkit import ModelInfo, WeightsError, create_model, load_weights, read_model_info, save_weights
+from vgg_toolkit.models import weights as weights_module
+from vgg_toolkit.models.weights import read_tensors
 
 SMALL = dict(num_classes=7, width=1 / 16, fc_dim=24, input_size=64)
 
@@ -115,8 +116,24 @@ def test_garbage_and_missing_files(tmp_path):
         load_weights(model, unknown)
 
 
-def test_architecture_is_recorded_and_the_write_is_atomic(tmp_path):
-    model = _model("vgg-b")
-    path = save_weights(model, tmp_path / "sub" / "b.safetensors")
-    assert read_arch(path) == {"name": "vgg-b", "kwargs": {"num_classes": 7, "init": "glorot", **{k: v for k, v in SMALL.items() if k != "num_classes"}}}
-    assert [p.name for p in path.parent.iterdir()] == ["b.safetensors"]  # no temp file left behind
+@pytest.mark.parametrize("layout", ["vggtk", "torchvision", "timm"])
+def test_the_model_info_is_recorded_in_every_layout(tmp_path, layout):
+    path = save_weights(_model("vgg-b"), tmp_path / "b.safetensors", layout=layout)
+    options = {"num_classes": 7, "init": "glorot", **{k: v for k, v in SMALL.items() if k != "num_classes"}}
+    assert read_model_info(path) == ModelInfo("vgg-b", options, 64)
+
+
+def test_an_interrupted_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    path = save_weights(_model("vgg-b"), tmp_path / "b.safetensors")
+    before = path.read_bytes()
+
+    def dies_half_way(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(before[: len(before) // 2])
+        raise KeyboardInterrupt  # as if Ctrl-C came while the bytes were going out
+
+    monkeypatch.setattr(weights_module, "save_file", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_weights(_model("vgg-b", seed=3), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["b.safetensors"]  # no temporary file left behind

@@ -1,13 +1,68 @@
-"""vgg-toolkit: the VGG networks of Simonyan & Zisserman (ICLR 2015) and the paper's protocols."""
+"""vgg-toolkit: the VGG networks of Simonyan & Zisserman (ICLR 2015) and the paper's protocols.
 
+This module is the public API: what the built-in plugins use, and all a third-party plugin needs.
+
+    import vgg_toolkit as vt
+
+    model = vt.create_model("vgg-d", num_classes=10, in_chans=1, width=0.25, input_size=32)
+    trained = vt.load_trained("runs/train/best", device="cpu")
+    for batch in vt.read_split("shards/fashion-mnist", "test"): ...
+    result = vt.run_evaluation([trained], vt.get_evaluator("dense"), batches)
+"""
+
+__version__ = "0.1.0"  # before the imports: the command line reads it while they run
+
+from .cli.options import with_plugin_options
+from .contract.data import DataFacts
+from .contract.evaluator import DescribedEvaluator, ScaledEvaluator
+from .contract.model import (FeatureTaps, FullyConvolutional, ModelInfo, ReceptiveField, WarmStart, WeightLayouts,
+                             find_model_info, model_info, set_model_info)
+from .contract.options import OptionSpec
+from .contract.scale import TrainScale, parse_test_scales
+from .contract.task import Head
+from .data.bundled import resolve_data
+from .data.decode import LazyImage, add_offset, crop, hflip, image_size, resize
+from .data.errors import DataError, check_policy
+from .data.loader import make_loader, normalize_on_device, read_split
+from .data.shards.manifest import Manifest
 from .errors import RegistryError, VggtkError, WeightsError
-from .models.factory import create_model, list_models, prepare_model
+from .evaluation.geometry import (center_crop, center_view, crop_at, grid_positions, rescale, rescaled_size,
+                                  test_scales_for)
+from .evaluation.metrics import topk_errors, topk_misses
+from .evaluation.on_shards import check_fits_data, evaluate_on_shards, normalising_mean
+from .evaluation.report import print_results, write_json
+from .evaluation.runner import EvalResult, ensemble_posteriors, get_evaluator, run_evaluation
 from .host.manager import get_host, hookimpl
-from .models.weights import load_weights, save_weights
-
-__version__ = "0.1.0"
+from .models.factory import create_model, list_models, prepare_model
+from .models.forms import model_form, require_fully_conv
+from .models.layers import BatchSlicedDropout
+from .models.stats import model_stats
+from .models.trained import initialise_from, load_trained
+from .models.weights import load_weights, read_model_info, save_safetensors, save_weights
+from .runtime.console import plain, print_table
+from .runtime.devices import mixed_precision, pick_device
+from .runtime.files import atomic_file, check_output_file, write_text
 
 __all__ = [
-    "create_model", "list_models", "prepare_model", "load_weights", "save_weights", "get_host", "hookimpl",
-    "VggtkError", "RegistryError", "WeightsError", "__version__",
+    # plugins
+    "hookimpl", "get_host", "OptionSpec", "Head", "DataFacts", "with_plugin_options",
+    # errors
+    "VggtkError", "RegistryError", "WeightsError", "DataError", "check_policy",
+    # models
+    "create_model", "list_models", "prepare_model", "load_trained", "initialise_from", "load_weights",
+    "save_weights", "read_model_info", "save_safetensors", "model_stats", "model_form", "require_fully_conv",
+    "BatchSlicedDropout", "ModelInfo", "model_info", "find_model_info", "set_model_info",
+    "FullyConvolutional", "FeatureTaps", "WeightLayouts", "WarmStart", "ReceptiveField",
+    # scales and test-time geometry
+    "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_view", "test_scales_for",
+    # data
+    "Manifest", "resolve_data", "read_split", "make_loader", "normalize_on_device",
+    "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size",
+    # evaluation
+    "get_evaluator", "run_evaluation", "evaluate_on_shards", "ensemble_posteriors", "EvalResult",
+    "check_fits_data", "normalising_mean", "print_results", "write_json", "topk_errors", "topk_misses",
+    "DescribedEvaluator", "ScaledEvaluator",
+    # devices, files, output
+    "pick_device", "mixed_precision", "atomic_file", "write_text", "check_output_file", "plain", "print_table",
+    "__version__",
 ]

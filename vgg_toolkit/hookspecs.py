@@ -1,4 +1,12 @@
-"""The whole plugin contract of vggtk: one hook specification per function, nothing else."""
+"""The whole plugin contract of vggtk: one hook specification per function, nothing else.
+
+The typed objects the hooks exchange live in ``vgg_toolkit.contract``: ``ModelInfo`` and the model
+capabilities, ``DataFacts``, ``Head``, ``OptionSpec``, ``TrainScale``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
 
 import pluggy
 
@@ -6,59 +14,81 @@ hookspec = pluggy.HookspecMarker("vggtk")
 
 
 @hookspec
-def vggtk_register_architectures(register):
+def vggtk_register_architectures(register: Callable[..., None]) -> None:
     """Add network architectures.
 
-    Call ``register(name, factory, **info)`` once per architecture. ``factory(num_classes: int = 1000,
-    **kwargs) -> torch.nn.Module`` builds the network. ``info`` is free-form metadata shown by
-    ``vggtk models`` (``aliases=[...]`` adds alternative names; ``description=`` a one-line summary).
+    Call ``register(name, factory, *, aliases=(), description="", input_size=224, defaults=None)`` once
+    per architecture. ``factory(num_classes: int, *, in_chans: int, input_size: int, **options) -> nn.Module``
+    builds the network: ``num_classes`` is the width of its last layer (the head decides it),
+    ``in_chans`` and ``input_size`` come from the data, ``options`` from the user, checked against the
+    factory's signature (names and annotated types) before anything is built. ``input_size`` is the
+    default square input. ``defaults(facts: DataFacts) -> dict`` gives factory options suited to the
+    data (e.g. a narrower net for tiny images); the user's options win. What a network can do besides
+    ``forward`` it declares by the Protocols of ``vgg_toolkit.contract.model`` (``FullyConvolutional``,
+    ``FeatureTaps``, ``WeightLayouts``, ``WarmStart``, ``ReceptiveField``).
     """
 
 
 @hookspec
-def vggtk_register_augmentations(register):
+def vggtk_register_augmentations(register: Callable[..., None]) -> None:
     """Add data augmentations.
 
-    Call ``register(name, factory, **info)``. ``factory(**options)`` returns a callable
-    ``transform(sample: dict, generator: torch.Generator) -> dict`` acting on one decoded sample
-    (keys ``image``, ``label`` and optionally ``boxes``); all randomness must come from ``generator``.
+    Call ``register(name, factory, *, aliases=(), description="", geometric=False)``. ``factory(**options)``
+    returns a callable ``transform(sample: dict, generator: torch.Generator) -> dict`` acting on one
+    decoded sample (keys ``image``, a uint8 (C, H, W) tensor, ``label``, ``key`` and optionally
+    ``boxes``); all randomness must come from ``generator``.
     """
 
 
 @hookspec
-def vggtk_register_evaluators(register):
+def vggtk_register_evaluators(register: Callable[..., None]) -> None:
     """Add evaluation protocols.
 
-    Call ``register(name, factory, **info)``. ``factory(**options)`` returns an evaluator: a callable
-    ``evaluator(model, images) -> posteriors`` giving class posteriors for one image or a same-size batch.
+    Call ``register(name, factory, *, aliases=(), description="")``. ``factory(**options)`` returns an
+    evaluator: a callable ``evaluator(model, images) -> posteriors`` giving class posteriors (N, classes)
+    for a same-size batch (N, C, H, W) of normalised images, or for a list of (C, H, W) images of any
+    sizes when it has ``accepts_lists = True``. The options the runner passes: ``scales`` (test scales Q
+    or None), ``multi_scale`` (bool).
     """
 
 
 @hookspec
-def vggtk_register_heads(register):
-    """Add task heads (the last layers of a task with their loss and output decoding).
+def vggtk_register_heads(register: Callable[..., None]) -> None:
+    """Add task heads.
 
-    Call ``register(name, factory, **info)``. ``factory(in_features: int, **options)`` returns an
-    ``nn.Module`` with ``loss(outputs, targets)`` and ``decode(outputs)`` methods.
+    Call ``register(name, factory, *, description="")``. ``factory(**options)`` returns a
+    ``vgg_toolkit.contract.task.Head``: the width of the network's last layer, the loss, and the error
+    counts per-epoch validation reports. ``vggtk train --head NAME`` trains with it.
     """
 
 
 @hookspec
-def vggtk_register_commands(app):
+def vggtk_register_options(register: Callable[..., None]) -> None:
+    """Declare command-line / TOML options of this plugin.
+
+    Call ``register(OptionSpec(...))`` once per option (``vgg_toolkit.contract.options.OptionSpec``).
+    Runtime options reach ``vggtk_prepare_model``; model options are keyword arguments of an
+    architecture factory. A name two plugins declare is an error naming both.
+    """
+
+
+@hookspec
+def vggtk_register_commands(app: Any) -> None:
     """Add sub-commands to the ``vggtk`` command line. ``app`` is the root ``typer.Typer``."""
 
 
 @hookspec
-def vggtk_prepare_model(model, device):
+def vggtk_prepare_model(model: Any, device: Any, options: Mapping[str, Any]) -> None:
     """Adapt a built model to the device it will run on, in place (for example swap in fused kernels).
 
-    Called after the model is moved to ``device``; ``model.vggtk_options`` (when present) carries the
-    user's choices, such as ``conv_backend``. Changes must keep the model's state_dict keys and values.
+    Called after the model is moved to ``device`` (a ``torch.device``). ``options`` holds the value of
+    every runtime option plugins declared (their defaults filled in). Changes must keep the model's
+    state_dict keys and values.
     """
 
 
 @hookspec
-def vggtk_on_train_event(event, state):
+def vggtk_on_train_event(event: str, state: dict) -> None:
     """Observe the training loop (for loggers), on rank 0. ``event`` is one of ``"start"``, ``"resumed"``,
     ``"initialised"``, ``"step"`` (every ``log_every`` steps), ``"epoch"``, ``"checkpoint"``,
     ``"interrupted"``, ``"end"``; ``state`` is a copy of that moment's metrics and counters."""

@@ -1,6 +1,6 @@
 """Registers the paper's training and testing augmentations (implementations in ``augment_ops``)."""
 
-from vgg_toolkit.host.manager import hookimpl
+from vgg_toolkit import hookimpl
 
 from . import ops
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from vgg_toolkit.data.decode import LazyImage, add_offset, crop, hflip, image_size, resize
-from vgg_toolkit.data.errors import DataError
+from vgg_toolkit import DataError, LazyImage, TrainScale, add_offset, crop, hflip, image_size, resize
 
 
 def _where(sample: dict) -> tuple[str | None, str | None]:
@@ -31,23 +30,24 @@ def _set_boxes(sample: dict, boxes: torch.Tensor, keep: torch.Tensor | None = No
 
 
 class Rescale:
-    """Isotropic rescale so that the smallest side is S: fixed (``size``) or drawn per image uniformly
-    from the integers [smin, smax] (scale jittering). For testing, ``size`` is Q."""
+    """Isotropic rescale so that the smallest side is S: fixed, or drawn per image uniformly from the
+    integers [Smin, Smax] (scale jittering). ``scale`` is a TrainScale (or its spec: 256, "256-512"), or
+    give ``size`` (a fixed S, or Q for testing), or ``smin`` and ``smax``."""
 
     lazy_ok = True
 
-    def __init__(self, size: int | None = None, smin: int | None = None, smax: int | None = None):
-        if size is None and (smin is None or smax is None):
-            raise ValueError("rescale: give size=S, or smin and smax for scale jittering")
-        if size is not None and size < 1 or smin is not None and (smin < 1 or smax < smin):
-            raise ValueError(f"rescale: bad scale (size={size}, smin={smin}, smax={smax})")
-        self.size, self.smin, self.smax = size, smin, smax
+    def __init__(self, scale=None, size: int | None = None, smin: int | None = None, smax: int | None = None):
+        given = [v for v in (scale, size, (smin, smax) if smin is not None or smax is not None else None)
+                 if v is not None]
+        if len(given) != 1:
+            raise ValueError("rescale: give one of scale=, size=S, or smin= and smax= for scale jittering")
+        self.scale = TrainScale.parse(given[0])
 
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
-        if self.size is not None:
-            s = self.size
+        if not self.scale.jittered:
+            s = self.scale.smin
         else:
-            s = int(torch.randint(self.smin, self.smax + 1, (1,), generator=generator))
+            s = int(torch.randint(self.scale.smin, self.scale.smax + 1, (1,), generator=generator))
         w, h = image_size(sample["image"])
         if w <= h:
             nw, nh = s, max(1, round(h * s / w))

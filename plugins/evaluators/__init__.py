@@ -1,7 +1,7 @@
 """Registers the paper's test protocols (Sec. 3.2) as evaluators; the implementations are in
 ``eval_protocols``."""
 
-from vgg_toolkit.host.manager import hookimpl
+from vgg_toolkit import hookimpl
 
 from .protocols import CenterCrop, Combined, Dense, MultiCrop
 

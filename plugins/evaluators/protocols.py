@@ -11,8 +11,8 @@ gives a (num_classes,) vector; a batch gives (N, num_classes).
 Posteriors are softmax probabilities, averaged in probability space over flips, crops and scales.
 
 Test scales, in order of precedence: ``scales=`` given explicitly; else the paper's defaults from the
-training scale (``train_scale=`` given to the factory, else ``model.vggtk_train_scale`` when the model
-carries one): Q = S or {S-32, S, S+32} for fixed S, Q = 0.5(Smin+Smax) or {Smin, 0.5(Smin+Smax), Smax}
+training scale (``train_scale=`` given to the factory, else the one in the model's info, when it was
+trained by vggtk): Q = S or {S-32, S, S+32} for fixed S, Q = 0.5(Smin+Smax) or {Smin, 0.5(Smin+Smax), Smax}
 for jittered S (``multi_scale=True`` picks the set); else S is taken to be the crop size.
 
 Small-image policy. The size of an input image never matters: it is rescaled (up or down) to Q, as in
@@ -32,87 +32,20 @@ even Q and crop) keeps its middle crops half a pixel left of centre. Dense evalu
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vgg_toolkit.errors import VggtkError
-from vgg_toolkit.evaluation.runner import paper_test_scales, parse_scales
+from vgg_toolkit import (TrainScale, VggtkError, center_crop, crop_at, find_model_info, grid_positions, model_form,
+                         parse_test_scales, require_fully_conv, rescale, test_scales_for)
 
 SMALL_POLICIES = ("upscale", "error")
 
 
-# --- geometry ----------------------------------------------------------------------------------------
-def rescaled_size(height: int, width: int, q: int, crop: int | None = None) -> tuple[int, int]:
-    """(height, width) with the smallest side equal to ``q`` and the aspect ratio kept (rounded).
-
-    With ``crop``, a width that is the longer side is rounded instead to the nearest size that leaves an
-    even margin around a centred crop (see the module docstring).
-    """
-    if height > width:
-        return max(q, int(height * q / width + 0.5)), q
-    exact = width * q / height
-    if crop is None or crop > q:
-        return q, max(q, int(exact + 0.5))
-    margin = 2 * int((exact - crop) / 2 + 0.5)
-    if margin < q - crop:  # never below the smallest side
-        margin += 2
-    return q, crop + margin if width > height else q
-
-
-def rescale(images: torch.Tensor, q: int, crop: int | None = None) -> torch.Tensor:
-    """Isotropic rescale of an NCHW batch so its smallest side is ``q`` (bilinear, antialiased)."""
-    size = rescaled_size(images.shape[-2], images.shape[-1], q, crop)
-    if size == tuple(images.shape[-2:]):
-        return images  # already at the size: spare a pass over the batch
-    return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
-
-
-def grid_positions(length: int, crop: int, n: int = 5) -> list[int]:
-    """``n`` crop offsets along a side of ``length`` pixels, from edge to edge, mirror-symmetric."""
-    margin = length - crop
-    if margin < 0:
-        raise VggtkError(f"a {crop}-pixel crop does not fit in {length} pixels")
-    if n == 1:
-        return [margin // 2]
-    first = [(i * margin) // (n - 1) for i in range((n + 1) // 2)]
-    # the second half mirrors the first, so a flipped image meets the flipped crops
-    return first + [margin - p for p in reversed(first[: n // 2])]
-
-
-def _crop(x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
-    return x[..., top:top + size, left:left + size]
-
-
-# --- running the model --------------------------------------------------------------------------------
-@contextmanager
-def model_form(model: nn.Module, fully_conv: bool):
-    """Eval mode and the wanted classifier form for the duration; both restored afterwards.
-
-    Models that cannot switch (no ``to_fully_conv``/``to_linear``) are run as they are.
-    """
-    was_training = model.training
-    can_switch = hasattr(model, "to_fully_conv") and hasattr(model, "to_linear")
-    previous = getattr(model, "fully_conv", None)
-    model.eval()
-    if can_switch:
-        model.to_fully_conv() if fully_conv else model.to_linear()
-    try:
-        yield model
-    finally:
-        if can_switch and previous is not None:
-            model.to_fully_conv() if previous else model.to_linear()
-        model.train(was_training)
-
-
 def class_score_map(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The fully-convolutional net's class-score map, (N, classes, h, w), for whole images (no rescale)."""
-    if not hasattr(model, "to_fully_conv"):
-        raise VggtkError(f"{type(model).__name__} cannot run its classifier fully-convolutionally "
-                         "(no to_fully_conv()), so it has no class-score map")
+    require_fully_conv(model, "class-score map")
     with model_form(model, fully_conv=True), torch.no_grad():
         return model(images)
 
@@ -173,14 +106,10 @@ class Protocol:
 
     def __init__(self, *, scales: Iterable[int] | str | None = None, train_scale=None, multi_scale: bool = False,
                  crop_size: int | None = None, small: str = "upscale", flip: bool = True, batch_size: int = 64):
-        if isinstance(scales, str):
-            scales = parse_scales(scales)
-        elif scales is not None:
-            scales = tuple(int(q) for q in scales)
-            if not scales or any(q < 1 for q in scales):
-                raise VggtkError(f"test scales must be positive integers, got {scales}")
+        if scales is not None:
+            scales = parse_test_scales(scales)
         if train_scale is not None:
-            paper_test_scales(train_scale)  # validates the spec now rather than at the first batch
+            train_scale = TrainScale.parse(train_scale)
         if small not in SMALL_POLICIES:
             raise VggtkError(f"unknown small-image policy {small!r}; known: {', '.join(SMALL_POLICIES)}")
         if crop_size is not None and crop_size < 1:
@@ -192,32 +121,27 @@ class Protocol:
 
     # -- configuration resolved against a model
     def crop_for(self, model: nn.Module) -> int:
-        crop = self.crop_size or getattr(model, "input_size", None)
+        info = find_model_info(model)
+        crop = self.crop_size or (info.input_size if info is not None else None)
         if not crop:
-            raise VggtkError(f"{type(model).__name__} has no input_size; give the evaluator crop_size=")
+            raise VggtkError(f"{type(model).__name__} carries no model info; give the evaluator crop_size=")
         return int(crop)
 
-    def train_scale_for(self, model: nn.Module):
+    def train_scale_for(self, model: nn.Module) -> TrainScale | None:
         """The training scale the default test scales come from (None when it is unknown)."""
-        return self.train_scale if self.train_scale is not None else getattr(model, "vggtk_train_scale", None)
+        info = find_model_info(model)
+        return self.train_scale if self.train_scale is not None else (info.train_scale if info else None)
 
     def scales_for(self, model: nn.Module) -> tuple[int, ...]:
         """The test scales this evaluator really uses on ``model``, after the small-image policy."""
         crop = self.crop_for(model)
-        scales = self.scales
-        if scales is None:
-            spec = self.train_scale_for(model)
-            scales = paper_test_scales(crop if spec is None else spec, multi=self.multi_scale)
-        small = [q for q in scales if q < crop]
-        if small and self.small == "error":
-            raise VggtkError(f"test scale Q={small[0]} is smaller than the {crop}-pixel crop "
-                             "(use larger --scales, or the 'upscale' small-image policy)")
-        used: list[int] = []
-        for q in scales:
-            q = max(q, crop)
-            if q not in used:
-                used.append(q)
-        return tuple(used)
+        if self.small == "error":
+            asked = self.scales or (self.train_scale_for(model) or TrainScale.parse(crop)).test_scales(self.multi_scale)
+            small = [q for q in asked if q < crop]
+            if small:
+                raise VggtkError(f"test scale Q={small[0]} is smaller than the {crop}-pixel crop "
+                                 "(use larger --scales, or the 'upscale' small-image policy)")
+        return test_scales_for(model, self.scales, self.multi_scale, self.train_scale_for(model), crop)
 
     def views_per_image(self, model: nn.Module) -> int:
         """Forward-pass inputs per image over all scales (crops, or whole images for dense)."""
@@ -273,9 +197,7 @@ class CenterCrop(Protocol):
         return "centre crop" + (" + flip" if self.flip else "")
 
     def _posteriors(self, model, batch, crop):
-        top = grid_positions(batch.shape[-2], crop, 1)[0]
-        left = grid_positions(batch.shape[-1], crop, 1)[0]
-        views = _flipped_views(lambda: _crop(batch, top, left, crop), self.flip)
+        views = _flipped_views(lambda: center_crop(batch, crop), self.flip)
         return _summed_softmax(model, views, self.batch_size) / len(views)
 
 
@@ -314,7 +236,7 @@ class MultiCrop(Protocol):
         views: list[Callable[[], torch.Tensor]] = []
         for top in tops:
             for left in lefts:
-                views += _flipped_views(lambda t=top, l=left: _crop(batch, t, l, crop), self.flip)
+                views += _flipped_views(lambda t=top, l=left: crop_at(batch, t, l, crop), self.flip)
         return _summed_softmax(model, views, self.batch_size) / len(views)
 
 

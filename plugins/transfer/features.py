@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgg_toolkit.errors import VggtkError
-
-from ..evaluators.protocols import Protocol, model_form, rescale
+from vgg_toolkit import FeatureTaps, VggtkError, model_form, rescale, test_scales_for
 
 COMBINES = ("average", "stack")
 
@@ -27,7 +25,7 @@ COMBINES = ("average", "stack")
 def descriptor_scales(model: nn.Module, scales: Iterable[int] | None = None) -> tuple[int, ...]:
     """The scales used on ``model``: ``scales``, or the paper's multi-scale set from its training scale
     ({S-32, S, S+32}, or {Smin, mid, Smax} when jittered); any Q below the net's input size is raised to it."""
-    return Protocol(scales=scales, multi_scale=True).scales_for(model)
+    return test_scales_for(model, scales, multi=True)
 
 
 def _pooled(model: nn.Module, x: torch.Tensor, tap: str) -> torch.Tensor:
@@ -42,7 +40,7 @@ def image_descriptors(model: nn.Module, images: torch.Tensor, scales: Sequence[i
     """(N, D) descriptors, L2-normalised, of a batch of same-size normalised images (N, C, H, W)."""
     if combine not in COMBINES:
         raise VggtkError(f"unknown way to combine scales {combine!r}; known: {', '.join(COMBINES)}")
-    if not hasattr(model, "forward_features"):
+    if not isinstance(model, FeatureTaps):
         raise VggtkError(f"{type(model).__name__} has no forward_features(x, taps), so no feature taps")
     per_scale = []
     with model_form(model, fully_conv=True), torch.no_grad():

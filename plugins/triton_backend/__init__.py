@@ -1,7 +1,7 @@
 """The Triton conv backend: on CUDA, swaps each conv3x3+ReLU (and conv1x1+ReLU) pair of a model
 for one fused Triton module that shares the conv's parameters, so state_dicts do not change.
 
-``model.vggtk_options["conv_backend"]`` picks it: "torch" leaves the model alone; "triton" fuses
+The ``conv_backend`` option it declares (``--conv-backend`` on train, eval and extract-features) picks it: "torch" leaves the model alone; "triton" fuses
 every pair (and on a machine without CUDA is an error, except under TRITON_INTERPRET=1, which is
 how CI tests the swap); "auto" fuses on CUDA and lets each fused module time Triton against ATen
 once per input shape, keeping the faster.
@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from vgg_toolkit.errors import VggtkError
-from vgg_toolkit.host.manager import hookimpl
+from vgg_toolkit import OptionSpec, VggtkError, find_model_info, hookimpl
 
 CHOICES = ("torch", "triton", "auto")
 
@@ -27,10 +26,14 @@ def _interpreting() -> bool:
 
 
 @hookimpl
-def vggtk_prepare_model(model, device):
-    backend = getattr(model, "vggtk_options", {}).get("conv_backend", "auto")
-    if backend not in CHOICES:
-        raise VggtkError(f"unknown conv backend {backend!r}; choose one of {', '.join(CHOICES)}")
+def vggtk_register_options(register):
+    register(OptionSpec("conv_backend", str, "auto", "torch | triton | auto (triton on CUDA where faster).",
+                        choices=CHOICES))
+
+
+@hookimpl
+def vggtk_prepare_model(model, device, options):
+    backend = options["conv_backend"]
     if backend == "torch":
         return
     device_type = getattr(device, "type", str(device).split(":")[0])
@@ -49,5 +52,7 @@ def vggtk_prepare_model(model, device):
             warnings.warn(f"vggtk: Triton cannot be loaded ({exc}); convolutions run in ATen", RuntimeWarning)
             return
         raise VggtkError(f"conv backend 'triton' cannot load Triton ({exc}); use --conv-backend torch") from exc
-    # The names of the fused convs, for commands that report what they did.
-    model.vggtk_fused_convs = getattr(model, "vggtk_fused_convs", []) + fuse_conv_relu(model, backend)
+    fused = fuse_conv_relu(model, backend)
+    info = find_model_info(model)
+    if info is not None:  # the names of the fused convs, for commands that report what they did
+        info.runtime["fused_convs"] = [*info.runtime.get("fused_convs", []), *fused]

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgg_toolkit.errors import VggtkError, WeightsError
-from vgg_toolkit.models.layers import BatchSlicedDropout
+from vgg_toolkit import BatchSlicedDropout, ModelInfo, VggtkError, WeightsError
 
 # (kernel, channels) per conv, "M" per 2x2 max-pool.
 _A = [(3, 64), "M", (3, 128), "M", (3, 256), (3, 256), "M", (3, 512), (3, 512), "M", (3, 512), (3, 512), "M"]
@@ -92,7 +91,8 @@ class Classifier(nn.Module):
 
 
 class VGG(nn.Module):
-    """A VGG network.
+    """A VGG network: fully-convolutional on demand, with feature taps, torchvision and timm weight
+    layouts, and a warm start from a shallower configuration (the paper's A -> deeper).
 
     Args:
         config: one of A, B, C, D, E (Table 1).
@@ -108,6 +108,9 @@ class VGG(nn.Module):
             so init_std defaults to 0.1), "glorot" (Glorot & Bengio uniform, biases 0) or
             "kaiming" (He normal, fan-in; for training deep configs or narrow nets from scratch).
     """
+
+    feature_taps = TAPS
+    weight_layouts = LAYOUTS
 
     def __init__(self, config: str = "D", num_classes: int = 1000, in_chans: int = 3, width: float = 1.0,
                  fc_dim: int = 4096, input_size: int = 224, batch_norm: bool = False, lrn: bool = False,
@@ -211,6 +214,23 @@ class VGG(nn.Module):
                 field += (m.kernel_size - 1) * jump
                 jump *= m.stride
         return field
+
+    # --- starting from a trained net --------------------------------------------------------
+    def warm_start(self, tensors, source: ModelInfo) -> list[str]:
+        """The paper's initialisation of a deeper net from a trained A (Sec. 3.1): the first four conv
+        layers and the three FC layers, each into the layer of the same name (block1.conv1, block2.conv1,
+        block3.conv1, block3.conv2, fc6, fc7, fc8); the rest keeps its random init. Returns the layers copied."""
+        convs = [k[: -len(".weight")] for k, t in tensors.items() if k.startswith("features.") and t.ndim == 4]
+        fcs = [k[: -len(".weight")] for k in tensors if k.startswith("classifier.") and k.endswith(".weight")]
+        layers = set(convs[:4] + fcs)
+        taken = {k: t for k, t in tensors.items() if k.rsplit(".", 1)[0] in layers}
+        ours = self.state_dict()
+        problems = [f"{k}: missing here" if k not in ours else f"{k}: {tuple(t.shape)} vs {tuple(ours[k].shape)}"
+                    for k, t in taken.items() if k not in ours or ours[k].shape != t.shape]
+        if problems:
+            raise WeightsError("; ".join(problems[:3]))
+        self.load_state_dict(taken, strict=False)
+        return sorted(layers)
 
     # --- foreign weight layouts ----------------------------------------------------------------
     def _key_map(self, layout: str) -> list[tuple[str, str, str]]:

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from realdata import fashion_sample  # noqa: E402
 
-from vgg_toolkit.train.batches import InMemorySource  # noqa: E402
-from vgg_toolkit.train.loop import TrainConfig, train  # noqa: E402
+from tiny_training import tiny_run  # noqa: E402
+
+from vgg_toolkit.train.loop import train  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("run_dir")
@@ -26,12 +26,9 @@ parser.add_argument("--slow", type=float, default=0.0, help="seconds to sleep pe
 args = parser.parse_args()
 
 torch.set_num_threads(1)  # bit-exact comparisons need the same reduction order in every process
-(train_x, train_y), (val_x, val_y) = fashion_sample(args.samples), fashion_sample(64, split="test")
-source = InMemorySource((train_x, train_y), (val_x, val_y), num_classes=10, mean=[train_x.float().mean().item()])
-config = TrainConfig(arch="vgg-a", model=dict(in_chans=1, width=1 / 8, fc_dim=32, input_size=32, init="kaiming",
-                                              dropout=args.dropout),
-                     epochs=args.epochs, batch_size=args.batch_size, accum_steps=args.accum_steps, lr=args.lr,
-                     log_every=1, checkpoint_every=args.checkpoint_every, keep_last=100)
+plan, source = tiny_run(args.samples, model={"dropout": args.dropout}, epochs=args.epochs, batch_size=args.batch_size,
+                        accum_steps=args.accum_steps, lr=args.lr, log_every=1, checkpoint_every=args.checkpoint_every,
+                        keep_last=100)
 
 
 def on_event(event, state):
@@ -43,4 +40,4 @@ def on_event(event, state):
         print(json.dumps({"event": event, **{k: v for k, v in state.items() if k != "history"}}), flush=True)
 
 
-train(config, source, args.run_dir, on_event=on_event)
+train(plan, source, args.run_dir, on_event=on_event)

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 
-from .train import resolve_data
+from ..contract.scale import parse_test_scales
+from ..data.bundled import resolve_data
+from ..data.errors import check_policy
+from ..data.shards.manifest import Manifest
+from ..errors import VggtkError
+from ..evaluation.on_shards import evaluate_on_shards
+from ..evaluation.report import print_results, results_json, write_json
+from ..models.trained import load_trained
+from ..runtime.devices import pick_device
+from ..runtime.files import check_output_file
+from .options import with_plugin_options
 
 DEFAULT_CHECKPOINT = Path("runs/train/best")
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise VggtkError(f"--methods {text!r}: name at least one evaluator, e.g. center,dense")
+    return methods
+
+
+def at_least(value: int | None, low: int, flag: str) -> None:
+    if value is not None and value < low:
+        raise VggtkError(f"{flag}: must be at least {low}, got {value}")
 
 
 def eval_command(
@@ -26,29 +48,44 @@ def eval_command(
     out: Path = typer.Option(Path("runs/eval.json"), help="Where to write the JSON results."),
     per_class: bool = typer.Option(False, "--per-class", help="Add each class's top-1 accuracy to the JSON."),
     confusion: Optional[Path] = typer.Option(None, help="Write the last method's confusion matrix as this PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (for scripts) instead of the table."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
-    conv_backend: str = typer.Option("auto", help="torch | triton | auto (triton on CUDA where faster)."),
     workers: int = typer.Option(0, help="Decoding worker processes."),
     on_error: str = typer.Option("fail", help="Corrupt samples: fail | skip."),
+    plugin_options: dict | None = None,
 ):
     """Evaluate with the paper's protocols: centre crop, dense, multi-crop (5x5 grid x 2 flips), combined;
     single or multiple scales; ensembles of several checkpoints."""
-    from ..runtime.devices import pick_device
-    from ..evaluation.runner import parse_scales, print_results, write_json
-    from ..evaluation.on_shards import evaluate_on_shards, load_trained
-
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    # Every input is checked before any model is loaded or image read.
+    check_policy(on_error)
+    at_least(limit, 1, "--limit")
+    at_least(batch_size, 1, "--batch-size")
+    at_least(workers, 0, "--workers")
+    names = parse_methods(methods)
+    options = {"multi_scale": multi_scale, **({"scales": parse_test_scales(scales)} if scales else {})}
+    check_output_file(out, "JSON results")
+    if confusion is not None:
+        check_output_file(confusion, "confusion matrix")
+    manifest = Manifest.load(resolve_data(data))
+    manifest.split(split)
     dev = pick_device(device)
-    models = [load_trained(p, dev, conv_backend) for p in (checkpoints or [DEFAULT_CHECKPOINT])]
-    data = resolve_data(data)
-    options = {"multi_scale": multi_scale, **({"scales": parse_scales(scales)} if scales else {})}
-    results = evaluate_on_shards(models, data, split, [m.strip() for m in methods.split(",") if m.strip()],
-                                 options, batch_size=batch_size, workers=workers, on_error=on_error, limit=limit,
-                                 console=console)
-    print_results(results, console, title=f"{data.name} / {split}: top-k error (%)")
-    write_json(results, out, per_class=per_class, extra={"data": str(data), "split": split,
-                                                         "checkpoints": [str(p) for p in (checkpoints or [DEFAULT_CHECKPOINT])]})
-    console.print(f"results written to {out}")
+    paths = checkpoints or [DEFAULT_CHECKPOINT]
+    models = [load_trained(p, dev, plugin_options, command="eval") for p in paths]
+    console = Console(stderr=as_json)
+    results = evaluate_on_shards(models, manifest, split, names, options, batch_size=batch_size, workers=workers,
+                                 on_error=on_error, limit=limit, console=console, names=[str(p) for p in paths])
+    extra = {"data": str(manifest.root), "split": split, "checkpoints": [str(p) for p in paths]}
+    write_json(results, out, per_class=per_class, extra=extra)
+    if as_json:
+        print(json.dumps(results_json(results, per_class, extra), indent=2, allow_nan=False))
+    else:
+        print_results(results, console, title=f"{manifest.name or manifest.root.name} / {split}: top-k error (%)")
+        console.print(f"results written to {out}", markup=False, highlight=False)
     if confusion is not None:
         results[-1].save_confusion_png(confusion)
-        console.print(f"confusion matrix written to {confusion}")
+        console.print(f"confusion matrix written to {confusion}", markup=False, highlight=False)
+
+
+def build_eval_command():
+    return with_plugin_options("eval")(eval_command)
+

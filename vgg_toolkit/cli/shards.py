@@ -1,5 +1,4 @@
-"""``vggtk shards create | inspect | verify``. Mounted by the core CLI as ``vggtk shards``; also runs as
-``python -m vgg_toolkit.cli.shards``."""
+"""``vggtk shards create | inspect | verify``, mounted by the core CLI as ``vggtk shards``."""
 
 from __future__ import annotations
 
@@ -18,11 +17,6 @@ app = typer.Typer(help="Write, inspect and verify WebDataset shards.", no_args_i
 console = Console()
 
 DEFAULT_SHARDS = "shards/fashion-mnist"
-
-
-def _fail(exc: VggtkError) -> None:
-    print(f"vggtk: error: {exc}", file=sys.stderr)
-    raise typer.Exit(code=2)
 
 
 def _progress() -> Progress:
@@ -70,21 +64,18 @@ def create(
     from ..data.shards.create import create_shards, parse_splits
     from ..data.sources import open_source
 
-    try:
-        if compress not in ("auto", "yes", "no"):
-            raise VggtkError(f"--compress must be auto, yes or no, not {compress!r}")
-        source = open_source(src, data_root, **_options(source_option))
-        with _progress() as bar:
-            task = bar.add_task("writing", total=len(source.refs))
-            manifest = create_shards(
-                source, outdir, samples_per_shard=None if bytes_per_shard else samples_per_shard,
-                bytes_per_shard=bytes_per_shard or None, shuffle=shuffle, seed=seed, splits=parse_splits(splits),
-                workers=workers, compress={"auto": None, "yes": True, "no": False}[compress],
-                progress=lambda n: bar.advance(task, n),
-                on_split=lambda split, n: bar.update(task, description=f"writing {split} ({n})"),
-                into_nonempty=into_nonempty, warn=lambda line: console.print(f"warning: {line}", markup=False))
-    except VggtkError as exc:
-        _fail(exc)
+    if compress not in ("auto", "yes", "no"):
+        raise VggtkError(f"--compress must be auto, yes or no, not {compress!r}")
+    source = open_source(src, data_root, **_options(source_option))
+    with _progress() as bar:
+        task = bar.add_task("writing", total=len(source.refs))
+        manifest = create_shards(
+            source, outdir, samples_per_shard=None if bytes_per_shard else samples_per_shard,
+            bytes_per_shard=bytes_per_shard or None, shuffle=shuffle, seed=seed, splits=parse_splits(splits),
+            workers=workers, compress={"auto": None, "yes": True, "no": False}[compress],
+            progress=lambda n: bar.advance(task, n),
+            on_split=lambda split, n: bar.update(task, description=f"writing {split} ({n})"),
+            into_nonempty=into_nonempty, warn=lambda line: console.print(f"warning: {line}", markup=False))
     table = Table(title=f"{manifest.name}: {manifest.num_classes} classes -> {outdir}")
     for col in ("split", "shards", "samples", "size"):
         table.add_column(col, justify="left" if col == "split" else "right")
@@ -115,13 +106,10 @@ def inspect(
     """Counts per split and class, image sizes, colour statistics, and a contact sheet PNG."""
     from ..data.shards.inspection import class_counts, contact_sheet
 
-    try:
-        manifest = _load(shards)
-        counts = {s: class_counts(manifest, s) for s in manifest.splits}
-        sheet = sheet or Path(f"{manifest.name or 'shards'}-{split}-sheet.png")
-        written = contact_sheet(manifest, split, sheet, count=count)
-    except VggtkError as exc:
-        _fail(exc)
+    manifest = _load(shards)
+    counts = {s: class_counts(manifest, s) for s in manifest.splits}
+    sheet = sheet or Path(f"{manifest.name or 'shards'}-{split}-sheet.png")
+    written = contact_sheet(manifest, split, sheet, count=count)
     table = Table(title=f"{manifest.name} ({manifest.root}): {manifest.channels}-channel images, "
                         f"sides {manifest.extra.get('image_size', {}).get('min_side', '?')}-"
                         f"{manifest.extra.get('image_size', {}).get('max_side', '?')} px")
@@ -151,15 +139,12 @@ def verify(
     from ..data.errors import check_policy
     from ..data.shards.inspection import verify as run_verify
 
-    try:
-        check_policy(on_error)
-        manifest = _load(shards)
-        total = sum(manifest.samples(s) for s in (split or manifest.splits))
-        with _progress() as bar:
-            task = bar.add_task("verifying", total=total)
-            report = run_verify(manifest, split or None, on_error, progress=lambda n: bar.advance(task, n))
-    except VggtkError as exc:
-        _fail(exc)
+    check_policy(on_error)
+    manifest = _load(shards)
+    total = sum(manifest.samples(s) for s in (split or manifest.splits))
+    with _progress() as bar:
+        task = bar.add_task("verifying", total=total)
+        report = run_verify(manifest, split or None, on_error, progress=lambda n: bar.advance(task, n))
     table = Table(title=f"verify {manifest.root}")
     for col in ("shard", "samples", "status"):
         table.add_column(col)
@@ -173,6 +158,3 @@ def verify(
     if not report.ok:
         raise typer.Exit(code=1)
 
-
-if __name__ == "__main__":
-    app(prog_name="vggtk shards")

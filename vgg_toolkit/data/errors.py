@@ -32,6 +32,16 @@ def _rebuild(text, shard, member, kind):
     return err
 
 
+def check_labels(labels, num_classes: int, where: str) -> None:
+    """Every label of a tensor in [0, num_classes), or one error naming ``where`` and the first bad label."""
+    import torch
+
+    labels = torch.as_tensor(labels)
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise VggtkError(f"{where}: label {int(bad[0])} is outside the {num_classes} classes (0..{num_classes - 1})")
+
+
 def check_policy(on_error: str) -> str:
     if on_error not in ON_ERROR_CHOICES:
         raise VggtkError(f"--on-error must be one of {', '.join(ON_ERROR_CHOICES)}, not {on_error!r}")

@@ -24,7 +24,9 @@ carry ``batch.keys``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -392,3 +394,30 @@ def normalize_on_device(images: torch.Tensor, mean, scale: float = 1.0 / 255.0,
     if images.shape[1] != m.numel():
         m = m.mean().reshape(1)
     return images.to(dtype).sub_(m.view(1, -1, 1, 1)).mul_(scale)
+
+
+def read_split(data, split: str, *, batch_size: int = 64, workers: int = 0, on_error: str = "fail",
+               limit: int | None = None) -> Iterator[Batch]:
+    """Every image of a split once, in shard order, decoded with no augmentation: for evaluation, feature
+    extraction and in-memory training. Batches hold ``batch_size`` images of one size; when a split's
+    images differ in size they come one at a time (a batch is never padded). At most ``limit`` images.
+    What ``--on-error skip`` dropped is reported on stderr once the split is read."""
+    manifest = data if isinstance(data, Manifest) else Manifest.load(data)
+    if limit is not None and limit < 1:
+        raise VggtkError(f"limit must be at least 1, got {limit}")
+    loader = make_loader(manifest, split, batch_size=batch_size if manifest.uniform_side else 1, augment="none",
+                         shuffle=False, drop_last=False, rank=0, world_size=1, num_workers=workers,
+                         on_error=on_error)
+    seen = 0
+    try:
+        for batch in loader:
+            if limit is not None and seen + len(batch) > limit:
+                keep = limit - seen
+                batch = Batch(batch.images[:keep], batch.labels[:keep], batch.keys[:keep])
+            yield batch
+            seen += len(batch)
+            if limit is not None and seen >= limit:
+                return
+    finally:
+        if loader.skipped.total:
+            print(f"{manifest.root} {split}: {loader.skipped.summary()}", file=sys.stderr)

@@ -4,14 +4,7 @@ Ops that declare ``lazy_ok = True`` (the built-in rescale / crop / flip) run on 
 ``LazyImage``; the image is decoded just before the first op that does not, or at the end. A
 third-party augmentation therefore always receives a uint8 (C, H, W) tensor, as the hook promises.
 
-Default recipes (``train_pipeline`` / ``eval_pipeline``), chosen from the manifest's image sizes:
-
-- ImageNet-sized photos: train = rescale S ~ U[256, 512], random 224 crop, flip, colour shift;
-  eval = rescale Q = 384 (= (Smin + Smax) / 2), centre 224 crop (or no crop for dense testing).
-- Small images (largest side under 64, e.g. Fashion-MNIST's 28x28): the same recipe at 32x32, scaled
-  down: train = rescale S ~ U[32, 40], random 32 crop, flip, colour shift; eval = rescale Q = 36,
-  centre 32 crop. So a 28x28 image is first enlarged to at least 32 and then cropped, as the paper's
-  224 crops come from images rescaled to S >= 224.
+Default pipelines (``train_pipeline`` / ``eval_pipeline``) follow the data's recipe (``facts.recipe``).
 """
 
 from __future__ import annotations
@@ -21,7 +14,9 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import VggtkError
+from ..contract.scale import TrainScale
 from .decode import materialize
+from .facts import recipe
 from .shards.manifest import Manifest
 
 Step = Callable[[dict, torch.Generator], dict]
@@ -67,26 +62,12 @@ class Pipeline:
         return f"Pipeline({' -> '.join(self.names) or 'decode'})"
 
 
-def _small(manifest: Manifest | None) -> bool:
-    size = (manifest.extra.get("image_size") or {}) if manifest is not None else {}
-    return bool(size) and size.get("max_side", 1 << 30) < 64
-
-
-def recipe(manifest: Manifest | None) -> dict:
-    """Crop size, training scale range and test scale for this data (see the module docstring)."""
-    if _small(manifest):
-        return {"crop": 32, "smin": 32, "smax": 40, "q": 36}
-    return {"crop": 224, "smin": 256, "smax": 512, "q": 384}
-
-
-def train_pipeline(manifest: Manifest | None = None, crop: int | None = None, smin: int | None = None,
-                   smax: int | None = None, flip: bool = True, color_shift: bool = True,
-                   alphastd: float = 0.1) -> Pipeline:
-    """The paper's training augmentation: rescale (fixed S when smin == smax), random crop, flip, colour shift."""
-    r = recipe(manifest)
-    crop, smin, smax = crop or r["crop"], smin or r["smin"], smax or r["smax"]
-    steps: list = [("rescale", {"size": smin} if smin == smax else {"smin": smin, "smax": smax}),
-                   ("random_crop", {"size": crop})]
+def train_pipeline(manifest: Manifest | None = None, crop: int | None = None, scale: TrainScale | None = None,
+                   flip: bool = True, color_shift: bool = True, alphastd: float = 0.1) -> Pipeline:
+    """The paper's training augmentation: rescale to S (fixed, or jittered per image), random crop, flip,
+    colour shift. ``crop`` and ``scale`` default to the data's recipe (``facts.recipe``)."""
+    recipe_crop, recipe_scale = recipe(manifest)
+    steps: list = [("rescale", {"scale": scale or recipe_scale}), ("random_crop", {"size": crop or recipe_crop})]
     if flip:
         steps.append(("random_flip", {"p": 0.5}))
     if color_shift:
@@ -98,10 +79,11 @@ def train_pipeline(manifest: Manifest | None = None, crop: int | None = None, sm
     return Pipeline(steps)
 
 
-def eval_pipeline(manifest: Manifest | None = None, q: int | None = None, crop: int | None = 0,
+def eval_pipeline(manifest: Manifest | None = None, q: int | None = None, crop: int | None = None,
                   dense: bool = False) -> Pipeline:
-    """Testing: rescale to Q, then the centre crop (``crop=0`` picks the recipe's size) or, dense, no crop."""
-    r = recipe(manifest)
-    steps: list = [("rescale", {"size": q or r["q"]})]
-    steps.append(("identity", {}) if dense else ("center_crop", {"size": crop or r["crop"]}))
+    """Testing on uint8 images: rescale to Q (default: the recipe's single test scale), then the centre crop
+    (default: the recipe's size) or, dense, no crop."""
+    recipe_crop, recipe_scale = recipe(manifest)
+    steps: list = [("rescale", {"size": q or recipe_scale.test_scales()[0]})]
+    steps.append(("identity", {}) if dense else ("center_crop", {"size": crop or recipe_crop}))
     return Pipeline(steps)

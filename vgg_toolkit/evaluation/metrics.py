@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..data.errors import check_labels
 from ..errors import VggtkError
 
 
@@ -22,32 +23,33 @@ def _check(posteriors: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
         raise VggtkError(f"posteriors must be (images, classes), got shape {tuple(posteriors.shape)}")
     if posteriors.shape[0] != labels.shape[0]:
         raise VggtkError(f"{posteriors.shape[0]} posteriors but {labels.shape[0]} labels")
-    num_classes = posteriors.shape[1]
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
-        raise VggtkError(f"label {bad} is outside the model's {num_classes} classes (0..{num_classes - 1})")
+    check_labels(labels, posteriors.shape[1], "the model's output")
     return posteriors, labels
 
 
-def topk_error(posteriors: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
-    """Fraction of images whose label is not among the ``k`` highest posteriors.
+def topk_misses(scores: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5)) -> dict[int, torch.Tensor]:
+    """For each k, how many images have their label outside the ``k`` highest scores: int64 tensors on
+    the scores' device (no host sync). With fewer than k classes every label is in the top k.
+    Ties are broken by ``torch.topk``'s order, as in any top-k evaluation."""
+    ks = list(ks)
+    if any(k < 1 for k in ks):
+        raise VggtkError(f"k must be at least 1, got {min(ks)}")
+    kmax = min(max(ks), scores.shape[1])
+    hits = scores.topk(kmax, dim=1).indices == labels[:, None]
+    return {k: (~hits[:, :min(k, kmax)].any(dim=1)).sum() for k in ks}
 
-    With fewer than ``k`` classes every label is in the top ``k``, so the error is 0 (not an error).
-    Ties are broken by ``torch.topk``'s order, as in any top-k evaluation.
-    """
-    posteriors, labels = _check(posteriors, labels)
-    if k < 1:
-        raise VggtkError(f"k must be at least 1, got {k}")
-    if labels.numel() == 0:
-        return float("nan")
-    k = min(k, posteriors.shape[1])
-    top = posteriors.topk(k, dim=1).indices
-    hit = (top == labels[:, None]).any(dim=1)
-    return 1.0 - hit.float().mean().item()
+
+def topk_error(posteriors: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
+    """Fraction of images whose label is not among the ``k`` highest posteriors, counted in integers."""
+    return topk_errors(posteriors, labels, (k,))[k]
 
 
 def topk_errors(posteriors: torch.Tensor, labels: torch.Tensor, ks: Iterable[int] = (1, 5)) -> dict[int, float]:
-    return {k: topk_error(posteriors, labels, k) for k in ks}
+    posteriors, labels = _check(posteriors, labels)
+    misses = topk_misses(posteriors, labels, ks)
+    if labels.numel() == 0:
+        return {k: float("nan") for k in misses}
+    return {k: int(m) / labels.numel() for k, m in misses.items()}
 
 
 def confusion_matrix(posteriors_or_predictions: torch.Tensor, labels: torch.Tensor,

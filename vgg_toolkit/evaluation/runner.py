@@ -1,126 +1,64 @@
-"""Evaluation runner: test scales, ensembles, metrics over a data stream, the paper-style table and JSON.
+"""Evaluation runner: evaluators from the registry, ensembles, and top-k errors over a data stream.
 
 The ``vggtk eval`` command only wires data and checkpoints to these functions:
 
-    evaluator = get_evaluator("combined", train_scale=(256, 512), multi_scale=True)
+    evaluator = get_evaluator("combined", multi_scale=True)
     result = run_evaluation([model_d, model_e], evaluator, batches, class_names=names)
-    print_results([result]); write_json([result], "eval.json", per_class=True)
+    print_results([result]); write_json([result], "eval.json", per_class=True)    # report.py
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+from rich.markup import escape
 from torch import nn
 
-from ..runtime.devices import mixed_precision
+from ..contract.evaluator import DescribedEvaluator, ScaledEvaluator
+from ..contract.model import find_model_info
+from ..contract.scale import TrainScale
+from ..data.errors import check_labels
 from ..errors import VggtkError
+from ..host.manager import get_host
+from ..runtime.devices import mixed_precision
 from .metrics import confusion_matrix, per_class_accuracy, save_confusion_png, topk_errors
 
-# --- scales ----------------------------------------------------------------------------------------------
-def parse_train_scale(spec) -> int | tuple[int, int]:
-    """A training scale as an int (fixed S) or (Smin, Smax) (jittered).
 
-    Accepts 256, (256, 512), [256, 512], "256", "256-512", "256,512", "256:512" and the paper's "[256;512]".
-    """
-    value = spec
-    if isinstance(spec, str):
-        parts = [p for p in re.split(r"[\s,;:\-\[\]()]+", spec.strip()) if p]
-        try:
-            value = [int(p) for p in parts]
-        except ValueError:
-            raise VggtkError(f"training scale {spec!r} is not S or Smin-Smax (e.g. 256 or 256-512)") from None
-        value = value[0] if len(value) == 1 else value
-    if isinstance(value, (int,)) and not isinstance(value, bool):
-        if value < 1:
-            raise VggtkError(f"training scale must be positive, got {value}")
-        return value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        lo, hi = value
-        if lo < 1 or lo > hi:
-            raise VggtkError(f"training scale range must have 0 < Smin <= Smax, got {lo}-{hi}")
-        return (lo, hi) if lo != hi else lo
-    raise VggtkError(f"training scale {spec!r} is not S or (Smin, Smax)")
-
-
-def paper_test_scales(train_scale, multi: bool = False) -> tuple[int, ...]:
-    """The paper's test scales for a training scale (Sec. 3.2, Tables 3-4).
-
-    Fixed S: Q = S, or {S-32, S, S+32} with ``multi``. Jittered [Smin; Smax]: Q = 0.5(Smin+Smax)
-    (rounded down), or {Smin, 0.5(Smin+Smax), Smax}.
-    """
-    s = parse_train_scale(train_scale)
-    if isinstance(s, int):
-        return (s - 32, s, s + 32) if multi else (s,)
-    lo, hi = s
-    mid = (lo + hi) // 2
-    return (lo, mid, hi) if multi else (mid,)
-
-
-def parse_scales(text: str) -> tuple[int, ...]:
-    """``"256,384,512"`` -> (256, 384, 512), for ``--scales``."""
-    try:
-        scales = tuple(int(p) for p in re.split(r"[\s,;]+", text.strip()) if p)
-    except ValueError:
-        raise VggtkError(f"--scales {text!r}: expected comma-separated integers such as 256,384,512") from None
-    if not scales or any(q < 1 for q in scales):
-        raise VggtkError(f"--scales {text!r}: expected positive integers such as 256,384,512")
-    return scales
-
-
-def format_train_scale(spec) -> str:
-    """256 -> "256"; (256, 512) -> "[256;512]" as in the paper's tables; None -> "-"."""
-    if spec is None:
-        return "-"
-    s = parse_train_scale(spec)
-    return str(s) if isinstance(s, int) else f"[{s[0]};{s[1]}]"
-
-
-# --- evaluators and ensembles ----------------------------------------------------------------------------
 def get_evaluator(name: str, **options) -> Callable:
     """Build the evaluator registered as ``name`` (center, dense, multicrop, combined, or a plugin's)."""
-    from ..host.manager import get_host
-
     return get_host().registry("evaluators").get(name).factory(**options)
 
 
 def _model_name(model: nn.Module) -> str:
-    arch = getattr(model, "vggtk_arch", None)
-    if isinstance(arch, dict) and arch.get("name"):
-        return arch["name"]
-    return type(model).__name__
+    info = find_model_info(model)
+    return info.arch if info is not None else type(model).__name__
 
 
-def _num_classes(model: nn.Module) -> int | None:
-    n = getattr(model, "num_classes", None)
-    if n is None:
-        arch = getattr(model, "vggtk_arch", None)
-        n = arch.get("kwargs", {}).get("num_classes") if isinstance(arch, dict) else None
-    return n
+def _num_outputs(model: nn.Module) -> int | None:
+    info = find_model_info(model)
+    return info.num_outputs if info is not None else None
 
 
 def check_same_classes(models: Sequence[nn.Module], class_lists: Sequence[Sequence[str] | None] | None = None,
                        names: Sequence[str] | None = None) -> list[str] | None:
     """Check that the members of an ensemble predict the same classes, in the same order.
 
-    ``class_lists[i]`` (else ``models[i].vggtk_classes``, else unknown) are the class names of member i.
+    ``class_lists[i]`` (else the classes in member i's model info, else unknown) are its class names.
     Averaging posteriors of nets with different class lists would silently mix classes, so any
     difference is a VggtkError naming both members. Returns the common class list, if any is known.
     """
     names = list(names) if names is not None else [f"model {i + 1} ({_model_name(m)})" for i, m in enumerate(models)]
     if class_lists is None:
-        class_lists = [getattr(m, "vggtk_classes", None) for m in models]
+        class_lists = [getattr(find_model_info(m), "classes", None) for m in models]
     if len(class_lists) != len(models) or len(names) != len(models):
         raise VggtkError(f"{len(models)} models but {len(class_lists)} class lists and {len(names)} names")
-    counts = [(_num_classes(m), n) for m, n in zip(models, names)]
+    counts = [(_num_outputs(m), n) for m, n in zip(models, names)]
     known = [(c, n) for c, n in counts if c is not None]
     for c, n in known[1:]:
         if c != known[0][0]:
@@ -146,14 +84,19 @@ def check_same_classes(models: Sequence[nn.Module], class_lists: Sequence[Sequen
     return reference[0] if reference else None
 
 
-def ensemble_posteriors(models: Sequence[nn.Module], evaluator: Callable, images) -> torch.Tensor:
-    """Mean of the members' posteriors (the paper averages soft-max outputs, Sec. 4.4)."""
+def ensemble_posteriors(models: Sequence[nn.Module], evaluator: Callable, images,
+                        autocast: bool | None = None) -> torch.Tensor:
+    """Mean of the members' posteriors on the CPU (the paper averages soft-max outputs, Sec. 4.4). Each
+    member sees the images on its own device, under its device's precision policy."""
     if isinstance(models, nn.Module):
         models = [models]
+    n = _count(images)
     total = None
     for model in models:
-        p = evaluator(model, images).float()
-        total = p if total is None else total + p.to(total.device)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with mixed_precision(device, autocast):
+            p = _posteriors_of(evaluator, model, _to(images, device), n).float().cpu().reshape(n, -1)
+        total = p if total is None else total + p
     return total / len(models)
 
 
@@ -243,10 +186,10 @@ def _same_size_batches(images: Sequence[torch.Tensor]) -> list[tuple[list[int], 
     return [(idx, torch.stack([images[i] for i in idx])) for idx in groups.values()]
 
 
-def _posteriors_of(evaluator, model: nn.Module, images, n: int, accepts_lists: bool) -> torch.Tensor:
+def _posteriors_of(evaluator, model: nn.Module, images, n: int) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         return evaluator(model, images if images.ndim == 4 else images[None])
-    if accepts_lists:
+    if getattr(evaluator, "accepts_lists", False):
         return evaluator(model, images)
     parts = [(idx, evaluator(model, group)) for idx, group in _same_size_batches(images)]
     out = parts[0][1].new_empty((n, parts[0][1].shape[-1]))
@@ -256,9 +199,9 @@ def _posteriors_of(evaluator, model: nn.Module, images, n: int, accepts_lists: b
 
 
 def _describe(evaluator) -> str:
-    if hasattr(evaluator, "describe"):
+    if isinstance(evaluator, DescribedEvaluator):
         return evaluator.describe()
-    return getattr(evaluator, "name", None) or getattr(evaluator, "__name__", type(evaluator).__name__)
+    return getattr(evaluator, "__name__", type(evaluator).__name__)
 
 
 def _joined(values: list[str], sep: str = " / ") -> str:
@@ -276,11 +219,12 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
 
     ``batches`` yields ``(images, labels)``: images an NCHW float tensor (normalised) or a list of CHW
     tensors of any sizes, labels ints. Each model's posteriors come from ``evaluator(model, images)``;
-    the ensemble's are their mean. ``class_lists`` (or ``model.vggtk_classes``) are checked to agree;
-    ``class_names`` labels the per-class output and defaults to the common class list. ``total`` (images)
-    sizes the progress bar, shown on a terminal unless ``progress=False``. ``autocast`` runs the forward
-    passes under bf16 autocast; by default it is on for models on CUDA, as in training.
-    Returns an EvalResult; images/s counts the time spent in the evaluators only.
+    the ensemble's are their mean (``ensemble_posteriors``). The members' class lists (``class_lists``,
+    else their model info) are checked to agree; ``class_names`` labels the per-class output and
+    defaults to the common class list. ``total`` (images) sizes the progress bar, shown on a terminal
+    unless ``progress=False``. ``autocast`` runs the forward passes under bf16 autocast; by default it is
+    on for models on CUDA, as in training. Returns an EvalResult; images/s counts the time spent in the
+    evaluators only.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -291,12 +235,12 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
     names = list(model_names) if model_names is not None else [_model_name(m) for m in models]
     common = check_same_classes(models, class_lists, [f"{n} (model {i + 1})" for i, n in enumerate(names)])
     class_names = list(class_names) if class_names is not None else common
-    counts = {_num_classes(m) for m in models} - {None}
+    counts = {_num_outputs(m) for m in models} - {None}
     if class_names is not None and counts and len(class_names) not in counts:
         raise VggtkError(f"{len(class_names)} class names for {counts.pop()}-class nets")
     console = console or Console(stderr=True)
     show = console.is_terminal if progress is None else progress
-    accepts_lists = getattr(evaluator, "accepts_lists", False)
+    devices = {next((p.device for p in m.parameters()), torch.device("cpu")) for m in models}
 
     all_posteriors: list[torch.Tensor] = []
     all_labels: list[torch.Tensor] = []
@@ -305,32 +249,20 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
                    console=console, transient=True, disable=not show)
     with bar:
-        task = bar.add_task(f"eval {_describe(evaluator)}", total=total, rate="")
+        task = bar.add_task(escape(f"eval {_describe(evaluator)}"), total=total, rate="")
         done = 0
         for batch in batches:
             images, labels = _split_batch(batch)
             n = _count(images)
             if labels.numel() != n:
                 raise VggtkError(f"a batch has {n} images but {labels.numel()} labels")
-            summed = None
-            for model in models:
-                device = next((p.device for p in model.parameters()), torch.device("cpu"))
-                images = _to(images, device)
-                amp = mixed_precision(device, autocast)
-                _sync(device)
-                start = time.perf_counter()
-                with amp:
-                    p = _posteriors_of(evaluator, model, images, n, accepts_lists)
-                _sync(device)
-                seconds += time.perf_counter() - start
-                p = p.float().cpu().reshape(n, -1)
-                summed = p if summed is None else summed + p
-            posteriors = summed / len(models)
-            if labels.numel() and (labels.min() < 0 or labels.max() >= posteriors.shape[1]):
-                bad = labels[(labels < 0) | (labels >= posteriors.shape[1])][0].item()
-                # said now, not after a long run: the labels and the nets disagree on the classes
-                raise VggtkError(f"label {bad} is outside the model's {posteriors.shape[1]} classes "
-                                 f"(0..{posteriors.shape[1] - 1})")
+            _sync(devices)
+            start = time.perf_counter()
+            posteriors = ensemble_posteriors(models, evaluator, images, autocast)
+            _sync(devices)
+            seconds += time.perf_counter() - start
+            # said now, not after a long run: the labels and the nets disagree on the classes
+            check_labels(labels, posteriors.shape[1], "the data")
             all_posteriors.append(posteriors)
             all_labels.append(labels.cpu())
             done += n
@@ -342,58 +274,20 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
     if class_names is not None and len(class_names) != posteriors.shape[1]:
         raise VggtkError(f"{len(class_names)} class names for {posteriors.shape[1]} posteriors per image")
     errors = {k: 100.0 * e for k, e in topk_errors(posteriors, labels, topk).items()}
-    train = [format_train_scale(evaluator.train_scale_for(m)) if hasattr(evaluator, "train_scale_for") else "-"
-             for m in models]
-    tests = [",".join(map(str, evaluator.scales_for(m))) if hasattr(evaluator, "scales_for") else "-"
-             for m in models]
+    scaled = isinstance(evaluator, ScaledEvaluator)
+    train = [_scale_text(evaluator.train_scale_for(m)) if scaled else "-" for m in models]
+    tests = [",".join(map(str, evaluator.scales_for(m))) if scaled else "-" for m in models]
     return EvalResult(config=" + ".join(names), train_scale=_joined(train), test_scales=_joined(tests),
                       method=_describe(evaluator), num_images=posteriors.shape[0], seconds=seconds,
                       errors=errors, posteriors=posteriors, labels=labels, class_names=class_names, models=names)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _scale_text(scale: TrainScale | None) -> str:
+    return "-" if scale is None else str(scale)
 
 
-# --- output ------------------------------------------------------------------------------------------------
-def results_table(results: Sequence[EvalResult], title: str | None = None):
-    """A rich Table in the layout of the paper's Tables 3-5 (errors in percent)."""
-    from rich.table import Table
+def _sync(devices) -> None:
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-    ks = list(results[0].errors) if results else [1, 5]
-    table = Table(title=title or "Top-k classification error (%)")
-    for col in ("config", "train S", "test Q", "method"):
-        table.add_column(col, no_wrap=True)
-    for k in ks:
-        table.add_column(f"top-{k} err", justify="right")
-    table.add_column("images/s", justify="right")
-    for r in results:
-        errs = [f"{r.errors[k]:.1f}" if k in r.errors and math.isfinite(r.errors[k]) else "-" for k in ks]
-        table.add_row(r.config, r.train_scale, r.test_scales, r.method, *errs, f"{r.images_per_s:.1f}")
-    return table
-
-
-def print_results(results: Sequence[EvalResult], console=None, title: str | None = None) -> None:
-    from rich.console import Console
-
-    console = console or Console()
-    console.print(results_table(results, title))
-    sizes = sorted({r.num_images for r in results})
-    console.print(f"{' / '.join(map(str, sizes))} images; errors in percent; images/s counts time in the "
-                  "evaluators (data reading excluded).")
-
-
-def write_json(results: Sequence[EvalResult], path: str | os.PathLike, per_class: bool = False,
-               extra: dict | None = None) -> Path:
-    """Write the results (and, with ``per_class``, each class's top-1 accuracy) to ``path`` atomically."""
-    from .. import __version__
-
-    path = Path(path)
-    payload = {"vggtk_version": __version__, "error_unit": "percent", **(extra or {}),
-               "results": [r.to_dict(per_class=per_class) for r in results]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)  # a reader never sees half a file
-    return path

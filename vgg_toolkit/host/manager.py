@@ -12,6 +12,7 @@ from functools import partial
 import pluggy
 
 from .. import hookspecs
+from ..contract.options import OptionSpec
 from ..errors import VggtkError
 from .registry import Registry
 
@@ -23,6 +24,7 @@ REGISTRY_HOOKS = {
     "augmentations": "vggtk_register_augmentations",
     "evaluators": "vggtk_register_evaluators",
     "heads": "vggtk_register_heads",
+    "options": "vggtk_register_options",
 }
 
 hookimpl = pluggy.HookimplMarker(GROUP)
@@ -102,12 +104,12 @@ class PluginHost:
         if kind not in self._registries:
             if kind not in REGISTRY_HOOKS:
                 raise VggtkError(f"unknown registry kind {kind!r}; known: {', '.join(REGISTRY_HOOKS)}")
-            registry = Registry(kind)
+            registry = Registry(kind, callable_values=kind != "options")
             hook = getattr(self.pm.hook, REGISTRY_HOOKS[kind])
             # Call each implementation on its own, in registration order (built-ins first), so every
             # entry knows its plugin and a clash names the newcomer second.
             for impl in hook.get_hookimpls():
-                impl.function(register=partial(registry.add, plugin=impl.plugin_name))
+                impl.function(register=_adder(kind, registry, impl.plugin_name))
             self._registries[kind] = registry
         return self._registries[kind]
 
@@ -117,6 +119,17 @@ class PluginHost:
             kind: sorted(e.name for e in self.registry(kind) if e.plugin == plugin)
             for kind in REGISTRY_HOOKS
         }
+
+
+def _adder(kind: str, registry: Registry, plugin: str):
+    if kind != "options":
+        return partial(registry.add, plugin=plugin)
+
+    def register(spec: OptionSpec) -> None:
+        if not isinstance(spec, OptionSpec):
+            raise VggtkError(f"plugin {plugin!r} registered an option that is not an OptionSpec: {spec!r}")
+        registry.add(spec.name, spec, plugin)
+    return register
 
 
 _host: PluginHost | None = None

@@ -12,7 +12,7 @@ from ..errors import RegistryError
 @dataclass(frozen=True)
 class Entry:
     name: str
-    factory: Callable[..., Any]
+    factory: Any  # a callable for most kinds; an OptionSpec for options
     plugin: str
     info: dict = field(default_factory=dict)
 
@@ -24,13 +24,14 @@ def _key(name: str) -> str:
 class Registry:
     """Maps names (and aliases) to factories, remembering which plugin registered each."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, callable_values: bool = True):
         self.kind = kind
+        self.callable_values = callable_values
         self._entries: dict[str, Entry] = {}
         self._lookup: dict[str, str] = {}  # name or alias -> canonical name
 
     def add(self, name: str, factory: Callable[..., Any], plugin: str, **info) -> None:
-        if not callable(factory):
+        if self.callable_values and not callable(factory):
             raise RegistryError(f"plugin {plugin!r} registered {self.kind[:-1]} {name!r} with a factory that is not callable")
         entry = Entry(name, factory, plugin, info)
         for claimed in [name, *info.get("aliases", ())]:

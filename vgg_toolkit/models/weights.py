@@ -1,19 +1,33 @@
-"""Reading and writing weights: safetensors in any layout the model knows, ``.pth`` without unpickling."""
+"""Reading and writing weights: safetensors in any layout the model knows, ``.pth`` without unpickling.
+
+Every file vggtk writes records the model's ``ModelInfo`` in its metadata, so a weights file alone
+rebuilds its network, with its classes, training scale and mean colour once trained.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from ..contract.model import ModelInfo, WeightLayouts, find_model_info
 from ..errors import WeightsError
+from ..runtime.files import atomic_file
 
-ARCH_METADATA_KEY = "vggtk_arch"
+INFO_KEY = "vggtk_model"
+
+
+def _open_safetensors(path: Path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -39,74 +53,106 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def read_arch(path: str | os.PathLike) -> dict | None:
-    """How the model in a vggtk ``.safetensors`` file was built (``{"name", "kwargs"}``), if recorded."""
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a ``.safetensors`` file, from its header alone (no tensor is read)."""
+    path = Path(path)
+    with _open_safetensors(path) as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (empty for other files)."""
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    with _open_safetensors(path) as f:
+        return dict(f.metadata() or {})
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
+    """The ``ModelInfo`` recorded in a ``.safetensors`` file vggtk wrote, if any."""
+    meta = read_metadata(path)
+    if INFO_KEY not in meta:
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
-    return json.loads(meta[ARCH_METADATA_KEY]) if ARCH_METADATA_KEY in meta else None
+        data = json.loads(meta[INFO_KEY])
+    except ValueError as exc:
+        raise WeightsError(f"{path}: the recorded model info is not JSON ({exc})") from None
+    return ModelInfo.from_json(data, str(path))
+
+
+def check_values(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Weights must be floating point and finite; integer buffers (BatchNorm's counter) may be integers."""
+    for key, t in tensors.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if not t.is_floating_point():
+            raise WeightsError(f"{where}: {key} holds {t.dtype} values, not floating-point weights")
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            raise WeightsError(f"{where}: {key} holds NaN or infinite values")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, layout: str = "auto") -> str:
     """Load weights into ``model`` in place, detecting the layout (vggtk, torchvision, timm).
 
-    Returns the layout that was read. Raises WeightsError naming the first tensors that do not fit.
+    Returns the layout that was read. Raises WeightsError naming the first tensors that do not fit,
+    or that are not finite floating-point numbers; nothing is half-loaded.
     """
     tensors = read_tensors(path)
+    check_values(tensors, str(path))
     try:
-        if hasattr(model, "import_state_dict"):
+        if isinstance(model, WeightLayouts):
             return model.import_state_dict(tensors, layout=layout)
         if layout not in ("auto", "vggtk"):
             raise WeightsError(f"{type(model).__name__} knows only the vggtk layout, not {layout!r}")
-        _load_plain(model, tensors)
+        load_state(model, tensors)
         return "vggtk"
     except WeightsError as exc:
         raise WeightsError(f"{path}: {exc}") from None
 
 
-def _load_plain(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    ours = model.state_dict()
-    problems = [f"missing {k}" for k in ours if k not in tensors]
-    problems += [f"unexpected {k}" for k in tensors if k not in ours]
-    problems += [f"{k}: file has {tuple(t.shape)}, model needs {tuple(ours[k].shape)}"
-                 for k, t in tensors.items() if k in ours and t.shape != ours[k].shape]
+def fit_problems(expected: Mapping[str, tuple], found: Mapping[str, tuple]) -> list[str]:
+    """What keeps tensors of shapes ``found`` from fitting a model whose state_dict has ``expected`` shapes."""
+    problems = [f"missing {k}" for k in expected if k not in found and not k.endswith("num_batches_tracked")]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [f"{k}: file has {tuple(s)}, model needs {tuple(expected[k])}"
+                 for k, s in found.items() if k in expected and tuple(s) != tuple(expected[k])]
+    return problems
+
+
+def load_state(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    """A vggtk-layout state_dict into ``model``, after checking every name and shape."""
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = fit_problems(ours, {k: tuple(t.shape) for k, t in tensors.items()})
     if problems:
-        raise WeightsError("weights do not fit: " + "; ".join(problems[:3]))
-    model.load_state_dict(tensors)
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise WeightsError("weights do not fit: " + "; ".join(problems[:3]) + more)
+    model.load_state_dict(tensors, strict=False)
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "vggtk") -> Path:
-    """Write the model's weights as safetensors, atomically (temp file, then rename)."""
-    if hasattr(model, "export_state_dict"):
+def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "vggtk",
+                 info: ModelInfo | None = None) -> Path:
+    """Write the model's weights as safetensors, atomically, in ``layout``. Every layout records ``info``
+    (by default the model's own) and the layout, so the file alone rebuilds the network."""
+    if isinstance(model, WeightLayouts):
         tensors = model.export_state_dict(layout)
     elif layout == "vggtk":
         tensors = model.state_dict()
     else:
         raise WeightsError(f"{type(model).__name__} knows only the vggtk layout, not {layout!r}")
     metadata = {"layout": layout}
-    arch = getattr(model, "vggtk_arch", None)
-    if arch is not None and layout == "vggtk":
-        metadata[ARCH_METADATA_KEY] = json.dumps(arch)
+    info = info or find_model_info(model)
+    if info is not None:
+        metadata[INFO_KEY] = json.dumps(info.to_json())
     return save_safetensors(tensors, path, metadata)
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
-    """Tensors and string metadata as one safetensors file, written atomically (temp file, fsync, rename)."""
-    path = Path(path)
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: Mapping[str, str]) -> Path:
+    """Tensors and string metadata as one safetensors file, written atomically."""
     # safetensors refuses shared or non-contiguous storage; copies are small next to a disk write.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as f:  # the rename must not land before the bytes do
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata))
+    return Path(path)
+

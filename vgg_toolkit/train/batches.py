@@ -1,57 +1,77 @@
-"""A batch source for data that fits in memory (the bundled demo shards, Fashion-MNIST).
+"""Where the training loop's batches come from: ``BatchSource`` is what the loop needs, and two sources
+provide it. ``InMemorySource`` holds a split decoded once (the bundled demo shards, Fashion-MNIST);
+``ShardSource`` streams the shards every epoch, for data that does not fit in memory.
 
-Every global batch is a slice of one permutation drawn from (seed, epoch); rank r takes the r-th
-part of it. So a run on N ranks sees exactly the global batches a single process sees, which is
-what makes DDP reproduce single-process training, and a resumed run continues mid-epoch exactly.
+Both hand out uint8 NCHW batches; normalisation happens on the device. Validation batches are whole
+images (not crops): the loop takes the paper's centre view of them, as ``vggtk eval center`` does.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 
-from ..data.loader import normalize_on_device
+from ..data.errors import SkipLog, check_labels
+from ..data.loader import make_loader, normalize_on_device, read_split
+from ..data.shards.manifest import Manifest
 from ..data.shards.reader import sample_generator
 from ..runtime.distributed import DistEnv
-from ..errors import VggtkError
 from ..runtime.seeding import derived_seed
 
 Transform = Callable[[dict, torch.Generator], dict]
 
 
+class BatchSource(Protocol):
+    def split_layout(self, env: DistEnv) -> dict:
+        """What a started epoch's remaining batches depend on besides the seed (rank count, reader
+        workers...); a mid-epoch resume needs the same. Empty when any layout resumes exactly."""
+
+    def pop_skipped(self) -> tuple[int, str]:
+        """Training samples this rank skipped as unreadable since the last call, and what they were."""
+
+    def num_batches(self, global_batch: int, env: DistEnv, micro_batch: int) -> int:
+        """Global batches per epoch (the same on every rank)."""
+
+    def train_batches(self, epoch: int, start: int, env: DistEnv, global_batch: int,
+                      micro_batch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's micro-batches of the epoch from global batch ``start`` on."""
+
+    def val_batches(self, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole validation split as same-size batches of whole images."""
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch on the device -> the network's float input."""
+
+
 class InMemorySource:
     """Train and validation images held as uint8 NCHW tensors.
 
-    ``train_transform(sample, generator)`` augments one sample (``image`` uint8 CHW, ``label``,
-    ``key``); its generator is seeded from (seed, epoch, sample key), as in the streaming reader, so
-    the same sample gets the same crop, flip and colour shift whatever the rank count, resume point
-    or reader. ``keys`` default to the sample's index. ``val_transform`` is
-    applied once, up front. Normalisation (mean subtraction, scaling to [0, 1] units) happens on the
-    device, on whole batches.
+    Every global batch is a slice of one permutation drawn from (seed, epoch); rank r takes the r-th part
+    of it. So a run on N ranks sees exactly the global batches a single process sees, which is what makes
+    DDP reproduce single-process training, and a resumed run continues mid-epoch exactly.
+
+    ``train_transform(sample, generator)`` augments one sample (``image`` uint8 CHW, ``label``, ``key``);
+    its generator is seeded from (seed, epoch, sample key), as in the streaming reader, so the same sample
+    gets the same crop, flip and colour shift whatever the rank count, resume point or reader. ``keys``
+    default to the sample's index.
     """
 
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                 num_classes: int, mean: list[float], train_transform: Transform | None = None,
-                 val_transform: Transform | None = None, seed: int = 0, keys: list[str] | None = None):
+                 num_classes: int, mean: Iterable[float], train_transform: Transform | None = None, seed: int = 0,
+                 keys: list[str] | None = None):
         self.train_images, self.train_labels = train
+        self.val_images, self.val_labels = val
+        check_labels(self.train_labels, num_classes, "the training split")
+        check_labels(self.val_labels, num_classes, "the validation split")
         self.keys = keys if keys is not None else [str(i) for i in range(len(self.train_labels))]
-        self.num_classes, self.seed = num_classes, seed
-        self.train_transform = train_transform
-        for name, labels in (("train", train[1]), ("val", val[1])):
-            if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-                raise VggtkError(f"{name} labels must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
-        self.val_images = self._apply(val_transform, val[0], val[1], epoch=-1) if val_transform else val[0]
-        self.val_labels = val[1]
-        self.mean = list(mean)
+        self.seed, self.train_transform, self.mean = seed, train_transform, list(mean)
 
-    def _apply(self, transform: Transform, images: torch.Tensor, labels: torch.Tensor, epoch: int,
-               index: torch.Tensor | None = None) -> torch.Tensor:
-        keys = [str(i) for i in range(len(images))] if index is None else [self.keys[i] for i in index.tolist()]
+    def _augment(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, index: torch.Tensor) -> torch.Tensor:
         out = []
-        for image, label, key in zip(images, labels, keys):
-            sample = {"image": image, "label": int(label), "key": key}
-            out.append(transform(sample, sample_generator(self.seed, epoch, key))["image"])
+        for image, label, i in zip(images, labels.tolist(), index.tolist()):
+            sample = {"image": image, "label": label, "key": self.keys[i]}
+            out.append(self.train_transform(sample, sample_generator(self.seed, epoch, self.keys[i]))["image"])
         return torch.stack(out)
 
     def split_layout(self, env: DistEnv) -> dict:
@@ -72,10 +92,10 @@ class InMemorySource:
             mine = order[b * global_batch + env.rank * per_rank: b * global_batch + (env.rank + 1) * per_rank]
             for m in range(0, per_rank, micro_batch):
                 index = mine[m:m + micro_batch]
-                images = self.train_images[index]
+                images, labels = self.train_images[index], self.train_labels[index]
                 if self.train_transform is not None:
-                    images = self._apply(self.train_transform, images, self.train_labels[index], epoch, index)
-                yield images, self.train_labels[index]
+                    images = self._augment(images, labels, epoch, index)
+                yield images, labels
 
     def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self.val_images), batch_size):
@@ -83,3 +103,75 @@ class InMemorySource:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize_on_device(images, self.mean)
+
+    @classmethod
+    def from_shards(cls, manifest: Manifest, train_transform: Transform, seed: int, workers: int,
+                    on_error: str) -> "InMemorySource":
+        """Decode the train and val splits once, up front."""
+        def decoded(split):
+            batches = list(read_split(manifest, split, batch_size=1024, workers=workers, on_error=on_error))
+            return (torch.cat([b.images for b in batches]), torch.cat([b.labels for b in batches])), \
+                [key for b in batches for key in b.keys]
+
+        train, keys = decoded("train")
+        val, _ = decoded("val")
+        return cls(train, val, manifest.num_classes, manifest.stats.mean_rgb_255, train_transform, seed, keys)
+
+
+class ShardSource:
+    """Streams shards through :func:`make_loader` every epoch: for data that does not fit in memory.
+    Ranks read disjoint ranges of samples, so DDP sees the same samples per epoch as one process but
+    grouped into different global batches (the in-memory source keeps the groups too)."""
+
+    def __init__(self, manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str):
+        self.manifest, self.seed, self.workers, self.on_error = manifest, seed, workers, on_error
+        self.train_transform = train_transform
+        self.mean = manifest.stats.mean_rgb_255
+        self._skipped = SkipLog()
+
+    def split_layout(self, env: DistEnv) -> dict:
+        # Samples are dealt to ranks x reader workers, so a started epoch continues only on the same grid.
+        return {"world_size": env.world_size, "workers": max(1, self.workers)}
+
+    def pop_skipped(self) -> tuple[int, str]:
+        log, self._skipped = self._skipped, SkipLog()
+        return log.total, (f"{log.summary()}; first: {log.examples[0]}" if log.total else "")
+
+    def _train_loader(self, epoch: int, env: DistEnv, micro_batch: int, start: int = 0):
+        return make_loader(self.manifest, "train", batch_size=micro_batch, augment=self.train_transform,
+                           seed=self.seed, epoch=epoch, rank=env.rank, world_size=env.world_size,
+                           num_workers=self.workers, on_error=self.on_error, start_position=start)
+
+    def num_batches(self, global_batch: int, env: DistEnv, micro_batch: int) -> int:
+        accum = global_batch // (env.world_size * micro_batch)
+        return len(self._train_loader(0, env, micro_batch)) // accum
+
+    def train_batches(self, epoch, start, env, global_batch, micro_batch):
+        accum = global_batch // (env.world_size * micro_batch)
+        limit = (self.num_batches(global_batch, env, micro_batch) - start) * accum
+        loader = self._train_loader(epoch, env, micro_batch, start * accum)
+        for i, (images, labels) in enumerate(loader):
+            if i >= limit:
+                break
+            yield images, labels
+        self._skipped.merge(loader.skipped.counts, loader.skipped.examples)
+
+    def val_batches(self, batch_size):
+        for batch in read_split(self.manifest, "val", batch_size=batch_size, workers=self.workers,
+                                on_error=self.on_error):
+            yield batch.images, batch.labels
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize_on_device(images, self.mean)
+
+
+IN_MEMORY_LIMIT = 2 << 30  # decoded bytes of the training split below which it is decoded once, up front
+
+
+def source_for(manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str) -> BatchSource:
+    """In memory when every image has one size and the training split fits in IN_MEMORY_LIMIT; else streamed."""
+    side = manifest.uniform_side
+    if side is not None and manifest.samples("train") * manifest.channels * side ** 2 < IN_MEMORY_LIMIT:
+        return InMemorySource.from_shards(manifest, train_transform, seed, workers, on_error)
+    return ShardSource(manifest, train_transform, seed, workers, on_error)
+

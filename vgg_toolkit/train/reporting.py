@@ -11,6 +11,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
+
+from ..runtime.files import atomic_file
 
 
 
@@ -27,8 +30,8 @@ def plot_history(history: list[dict], path: Path) -> Path | None:
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
-    ax_err.plot(epochs, [h["val_top1_err"] for h in history], marker="o", label="top-1")
-    ax_err.plot(epochs, [h["val_top5_err"] for h in history], marker="o", label="top-5")
+    for key in _val_keys(history[-1]):
+        ax_err.plot(epochs, [h.get(key) for h in history], marker="o", label=key[len("val_"):])
     ax_err.set(xlabel="epoch", ylabel="validation error (%)", title="Error")
     ax_err.legend()
     for h in history:
@@ -36,11 +39,14 @@ def plot_history(history: list[dict], path: Path) -> Path | None:
             for ax in (ax_loss, ax_err):
                 ax.axvline(h["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
+
+
+def _val_keys(record: dict) -> list[str]:
+    return [k for k in record if k.startswith("val_") and isinstance(record[k], (int, float))]
 
 
 class TrainReporter:
@@ -89,8 +95,9 @@ class TrainReporter:
             self._log({"event": "epoch", **state})
             self.history = [*self.history, state]
             plot_history(self.history, self.run_dir / "metrics.png")
-            say(f"epoch {state['epoch']}: loss {state['train_loss']:.3f}, val err {state['val_top1_err']:.2f}% / "
-                f"{state['val_top5_err']:.2f}%, lr {state['lr']:.0e}, {state['decision']}, {state['seconds']:.0f} s")
+            errors = ", ".join(f"{k[len('val_'):]} {state[k]:.2f}%" for k in _val_keys(state))
+            say(f"epoch {state['epoch']}: loss {state['train_loss']:.3f}, val {errors}, lr {state['lr']:.0e}, "
+                f"{state['decision']}, {state['seconds']:.0f} s", markup=False, highlight=False)
             if state.get("train_skipped"):
                 detail = f" (rank 0: {state['skipped_detail']})" if state["skipped_detail"] else ""
                 say(f"epoch {state['epoch']}: skipped {state['train_skipped']} unreadable training sample(s){detail}",
@@ -105,18 +112,17 @@ class TrainReporter:
                 say(f"interrupted at step {state['step']}; saved {self.last_checkpoint}; "
                     "run the same command again to resume")
 
-    def summary(self, result: dict, test: dict | None = None) -> None:
+    def summary(self, result: dict) -> None:
         table = Table(title="Training finished")
-        table.add_column("")
-        table.add_column("")
-        best = result.get("best_val_top1_err")
-        rows = [("epochs", str(result["epoch"])), ("steps", str(result["step"])),
-                ("best val top-1 error", "-" if best is None else f"{best:.2f}%"),
-                ("wall time", f"{time.perf_counter() - self.started:.0f} s"),
-                ("checkpoint", str(result.get("checkpoint"))), ("best checkpoint", str(self.run_dir / "best")),
-                ("metrics", str(self.run_dir / "metrics.jsonl")), ("plot", str(self.run_dir / "metrics.png"))]
-        if test:
-            rows[3:3] = [("test top-1 error", f"{test['top1_err']:.2f}%"), ("test top-5 error", f"{test['top5_err']:.2f}%")]
-        for row in rows:
-            table.add_row(*row)
+        table.add_column("", overflow="fold")
+        table.add_column("", overflow="fold")  # paths and numbers wrap, never end in an ellipsis
+        best = result.get("best_val") or {}
+        rows = [("epochs", str(result["epoch"])), ("steps", str(result["step"]))]
+        rows += [(f"best val {k[len('val_'):]}", f"{best[k]:.2f}% (epoch {best['epoch']})") for k in _val_keys(best)]
+        rows += [(f"test {k}", f"{v:.2f}%") for k, v in (result.get("test") or {}).items()]
+        rows += [("wall time", f"{time.perf_counter() - self.started:.0f} s"),
+                 ("checkpoint", str(result.get("checkpoint"))), ("best checkpoint", str(self.run_dir / "best")),
+                 ("metrics", str(self.run_dir / "metrics.jsonl")), ("plot", str(self.run_dir / "metrics.png"))]
+        for name, value in rows:
+            table.add_row(Text(name), Text(value))
         self.console.print(table)

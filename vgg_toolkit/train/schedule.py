@@ -1,4 +1,4 @@
-"""The paper's learning-rate schedule: divide by 10 when validation accuracy stops improving."""
+"""The paper's learning-rate schedule: divide by 10 when the validation score stops improving."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass
 
 @dataclass
 class PlateauSchedule:
-    """Divide ``lr`` by ``1/factor`` after ``patience`` epochs without a better validation accuracy
-    (by more than ``min_delta``). After ``max_drops`` decreases (3 in the paper) the next plateau
-    ends training, so the last rate also runs until it stops helping."""
+    """Divide ``lr`` by ``1/factor`` after ``patience`` epochs without a better validation score (higher
+    is better, e.g. minus an error in percent; better by more than ``min_delta``). After ``max_drops``
+    decreases (3 in the paper) the next plateau ends training, so the last rate also runs until it
+    stops helping."""
 
     lr: float
     factor: float = 0.1
@@ -20,10 +21,10 @@ class PlateauSchedule:
     bad_epochs: int = 0
     drops: int = 0
 
-    def update(self, accuracy: float) -> str:
-        """Record one epoch's validation accuracy; returns "improved", "wait", "drop" or "stop"."""
-        if accuracy > self.best + self.min_delta:
-            self.best, self.bad_epochs = accuracy, 0
+    def update(self, score: float) -> str:
+        """Record one epoch's validation score; returns "improved", "wait", "drop" or "stop"."""
+        if score > self.best + self.min_delta:
+            self.best, self.bad_epochs = score, 0
             return "improved"
         self.bad_epochs += 1
         if self.bad_epochs < self.patience:

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from ...errors import VggtkError
+from ...runtime.files import process_alive
 from .manifest import MANIFEST_NAME, Manifest
 
 MARKER = ".vggtk-partial"  # inside a staging folder: proves the folder is ours to delete
@@ -25,16 +26,6 @@ def _staging_prefix(outdir: Path) -> str:
     return f".{outdir.name}.vggtk-partial-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_debris(outdir: Path) -> list[str]:
     """Remove staging folders a killed run left beside ``outdir``: only those holding our marker, whose
     process is gone, and that hold no previous set. Returns warnings about any that must stay."""
@@ -43,7 +34,7 @@ def clean_debris(outdir: Path) -> list[str]:
         return warnings
     for path in outdir.parent.glob(_staging_prefix(outdir) + "*"):
         pid = path.name.rsplit("-", 1)[-1]
-        if not (path / MARKER).is_file() or not pid.isdigit() or _alive(int(pid)):
+        if not (path / MARKER).is_file() or not pid.isdigit() or process_alive(int(pid)):
             continue
         replaced = path / REPLACED
         if replaced.is_dir() and any(replaced.iterdir()):

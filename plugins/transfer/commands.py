@@ -1,0 +1,96 @@
+"""The transfer commands: ``vggtk extract-features`` and ``vggtk linear-probe``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+import vgg_toolkit as vt
+
+from .extract import extract_on_shards, read_features, write_features
+from .features import COMBINES
+from .linear_probe import probe
+
+DEFAULT_CHECKPOINT = Path("runs/train/best")
+
+
+def extract_features(
+    checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint directories or .safetensors files; several are stacked \\[default: runs/train/best]."),
+    data: Optional[Path] = typer.Option(None, help="Shard directory or manifest.json \\[default: the bundled Fashion-MNIST shards]."),
+    splits: Optional[str] = typer.Option(None, help="Comma-separated splits \\[default: every split of the shards]."),
+    out: Path = typer.Option(Path("runs/features"), help="Directory for one SPLIT.safetensors per split."),
+    tap: str = typer.Option("fc7", help="Layer whose output is pooled: fc7 (the paper), fc6, or block1..block5."),
+    scales: Optional[str] = typer.Option(None, help="Scales Q, e.g. 256,384,512 \\[default: the paper's multi-scale set from the training scale]."),
+    combine: str = typer.Option("average", help="Per-scale descriptors: average (the paper's VOC) | stack (its Caltech)."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Average with the horizontally flipped image."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images of each split."),
+    batch_size: int = typer.Option(64, help="Images per batch (all images of a batch share a size)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    workers: int = typer.Option(0, help="Decoding worker processes."),
+    on_error: str = typer.Option("fail", help="Corrupt samples: fail | skip."),
+    plugin_options: dict | None = None,
+):
+    """Transfer features as in the paper: dense FC7 over scales, pooled, flip-averaged, L2-normalised,
+    one row per image with its label and key; for a linear classifier trained on another task."""
+    if combine not in COMBINES:
+        raise vt.VggtkError(f"--combine must be one of {', '.join(COMBINES)}, not {combine!r}")
+    vt.check_policy(on_error)
+    for flag, value, low in (("--limit", limit, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
+        if value is not None and value < low:
+            raise vt.VggtkError(f"{flag}: must be at least {low}, got {value}")
+    test_scales = vt.parse_test_scales(scales) if scales else None
+    manifest = vt.Manifest.load(vt.resolve_data(data))
+    wanted = [s.strip() for s in splits.split(",") if s.strip()] if splits else list(manifest.splits)
+    for split in wanted:
+        manifest.split(split)
+    if out.exists() and not out.is_dir():
+        raise vt.VggtkError(f"--out {out}: is a file; give a folder for the features")
+    console = Console()
+    dev = vt.pick_device(device)
+    paths = checkpoints or [DEFAULT_CHECKPOINT]
+    models = [vt.load_trained(p, dev, plugin_options, command="extract-features") for p in paths]
+    vt.check_fits_data(models, manifest, [str(p) for p in paths])
+    meta = {"tap": tap, "combine": combine, "flip": flip, "checkpoints": [str(p) for p in paths],
+            "data": str(manifest.root)}
+    for split in wanted:
+        result = extract_on_shards(models, manifest, split, scales=test_scales, tap=tap, flip=flip, combine=combine,
+                                   batch_size=batch_size, workers=workers, on_error=on_error, limit=limit,
+                                   console=console)
+        path = write_features(result, out / f"{split}.safetensors", {**meta, "split": split})
+        n, dim = result["features"].shape
+        console.print(vt.plain(f"{split}: {n} images x {dim} features (tap {tap}, scales "
+                               f"{' + '.join(','.join(map(str, q)) for q in result['scales'])}) -> {path}"))
+
+
+def extract_features_command():
+    return vt.with_plugin_options("extract-features")(extract_features)
+
+
+def linear_probe_command(
+    features: Path = typer.Argument(Path("runs/features"), help="Directory written by `vggtk extract-features`."),
+    train: str = typer.Option("train", help="Split to fit on."),
+    val: Optional[str] = typer.Option("val", help="Split that picks C, when present ('' to skip)."),
+    test: str = typer.Option("test", help="Split to score."),
+    c: Optional[float] = typer.Option(None, help="SVM C \\[default: picked on --val from 0.1, 1, ..., 1000; else 1]."),
+):
+    """Fit the paper's linear SVM on one split's transfer features and report another's accuracy and mean
+    class recall."""
+    console = Console()
+    x, y, meta = read_features(features / f"{train}.safetensors")
+    tx, ty, _ = read_features(features / f"{test}.safetensors")
+    valid = None
+    if val and (features / f"{val}.safetensors").is_file():
+        valid = read_features(features / f"{val}.safetensors")[:2]
+    classes = json.loads(meta.get("classes", "null")) or sorted(set(y.tolist()) | set(ty.tolist()))
+    if x.shape[1] != tx.shape[1]:
+        raise vt.VggtkError(f"{features}: {train} has {x.shape[1]} features per image but {test} has {tx.shape[1]}")
+    result = probe((x, y), (tx, ty), len(classes), val=valid, c=c)
+    for candidate, acc in result["val_accuracy_by_c"].items():
+        console.print(f"C={candidate:g}: {val} accuracy {acc:.2f}%", markup=False)
+    console.print(f"linear SVM (C={result['c']:g}) fitted on {len(y)} {train} images: {test} accuracy "
+                  f"{result['accuracy']:.2f}%, mean class recall {result['mean_class_recall']:.2f}% "
+                  f"({len(ty)} images)", markup=False)

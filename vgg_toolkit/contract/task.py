@@ -1,0 +1,26 @@
+"""The task contract: a head is what the training loop and per-epoch validation need to know about a
+task (the width of the network's last layer, the loss, the errors), so a new task needs no change to
+the loop. Heads are registered through ``vggtk_register_heads``; ``factory(**options) -> Head``."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Head(Protocol):
+    name: str
+    # The validation error the learning-rate schedule watches (a key of ``error_counts``; lower is better).
+    monitor: str
+
+    def num_outputs(self, num_classes: int) -> int:
+        """Width of the network's last layer for data of ``num_classes`` classes."""
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean loss of a batch: ``outputs`` of the network (N, num_outputs), ``targets`` from the data."""
+
+    def error_counts(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """For each error measure, how many samples of the batch it counts wrong, as integer tensors
+        (counted on the device, without a host sync); the loop sums them over the split."""

@@ -1,0 +1,25 @@
+"""Printing for people: tables at their natural width (a name or a number is never cut off) and text
+from data (class names, file names) shown as it is, never read as markup or terminal escapes."""
+
+from __future__ import annotations
+
+import re
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.text import Text
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(value) -> Text:
+    """``value`` as literal text: rich markup is not interpreted and control characters (terminal escape
+    sequences among them) are shown as visible codes such as ``\\x1b``."""
+    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value)))
+
+
+def print_table(console: Console, table) -> None:
+    """Print ``table`` at least as wide as it needs: on a narrow terminal the lines run long (the
+    terminal wraps them) rather than folding or cutting a cell."""
+    needed = Measurement.get(console, console.options, table).maximum
+    console.print(table, width=max(console.width, needed), crop=False, no_wrap=True)

@@ -1,0 +1,121 @@
+"""Writing files so that nobody ever sees half of one: every file vggtk writes goes through here.
+
+The bytes go to a hidden temporary name beside the target, are flushed to disk, and are renamed over
+the target in one step; on any failure the temporary file is removed and the target is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import VggtkError
+
+TMP_TAG = ".vggtk-tmp-"  # in the name of every temporary file or folder vggtk makes
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work is done, a target that is a folder or sits under a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise VggtkError(f"{path}: is a folder; give a file name for the {what}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise VggtkError(f"{path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise VggtkError(f"{path}: cannot write into {parent} (permission denied)")
+            break
+    return path
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_file(target) as tmp: write(tmp)``: ``target`` then holds the complete file."""
+    path = check_output_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+    try:
+        yield tmp
+        _fsync(tmp)  # the rename must not land before the bytes do
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_folder(target) as tmp: fill(tmp)``: ``target`` then is the complete folder. A
+    previous ``target`` is replaced only once the new one is whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
+    old = path.with_name(f".{path.name}{TMP_TAG}old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                _fsync(file)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def own_debris(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files and folders in ``folder`` left by vggtk processes that no longer run: provably
+    ours (the tag in the name) and provably abandoned (the process id in the name is gone)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        if TMP_TAG not in entry.name:
+            continue
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            found.append(entry)
+    return found
+
+
+def remove_debris(folder: str | os.PathLike) -> list[Path]:
+    removed = own_debris(folder)
+    for entry in removed:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
