@@ -26,7 +26,7 @@ from PIL import Image
 from vgg_toolkit import TrainScale
 from vgg_toolkit.data.shards.create import create_shards
 from vgg_toolkit.data.loader import make_loader, normalize_on_device
-from vgg_toolkit.data.sources.localisation import LABELME_ENV, LABELME_ROOT
+from vgg_toolkit.data.sources.labelme_composites import LABELME_ENV, LABELME_ROOT
 from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.pipeline import train_pipeline
 from vgg_toolkit.data.sources import image_folder

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vgg_toolkit import DataError
 from vgg_toolkit.data.decode import LazyImage, decode
 from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.pipeline import Pipeline, train_pipeline
@@ -235,7 +236,7 @@ def test_third_party_augmentation_receives_a_decoded_tensor(host):
 def test_small_image_smaller_than_the_crop_is_a_clear_error(host):
     fm = Manifest.load(SHARDS / "fashion-mnist")
     raw = next(iter_raw(str(fm.shard_paths("val")[0])))
-    with pytest.raises(Exception, match=r"28x28 is smaller than the 32x32 crop \(rescale first"):
+    with pytest.raises(DataError, match=r"28x28 is smaller than the 32x32 crop \(rescale first"):
         Pipeline([("random_crop", {"size": 32})])(parse_sample(raw, 10), gen(0))
 
 

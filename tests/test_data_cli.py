@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from vgg_toolkit.cli.shards import app
-from vgg_toolkit.data.sources.localisation import LABELME_ROOT
+from cli_runner import vggtk
+from vgg_toolkit.data.sources.labelme_composites import LABELME_ROOT
 from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.sources import FASHION_MNIST_ROOT
 
@@ -16,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 LABELME = Path(LABELME_ROOT)
 
 
-def cli(*args, cwd=None):
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+def cli(*args):
+    result = vggtk("shards", *args)
     return result.exit_code, result.output
 
 

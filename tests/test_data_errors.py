@@ -5,9 +5,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from vgg_toolkit.cli.shards import app
+from cli_runner import vggtk
+from vgg_toolkit import VggtkError
 from vgg_toolkit.data.errors import DataError
 from vgg_toolkit.data.loader import make_loader
 from vgg_toolkit.data.shards.manifest import Manifest
@@ -55,7 +55,7 @@ def read(root, on_error, **kw):
 
 
 def cli(*args):
-    result = CliRunner().invoke(app, list(map(str, args)), env={"COLUMNS": "250"})
+    result = vggtk("shards", *args)
     return result.exit_code, result.output
 
 
@@ -171,7 +171,7 @@ def test_changed_sha256(tmp_path):
 
 def test_bad_policy_and_clean_verify(tmp_path):
     write_set(tmp_path, real_records(4))
-    with pytest.raises(Exception, match="--on-error must be one of fail, skip"):
+    with pytest.raises(VggtkError, match="--on-error must be one of fail, skip"):
         make_loader(tmp_path, "train", on_error="ignore")
     code, out = cli("verify", tmp_path)
     assert code == 0 and "4 samples, 4 decoded" in out and "no bad samples" in out

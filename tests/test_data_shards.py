@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from vgg_toolkit.data.shards.create import create_shards
-from vgg_toolkit.data.sources.localisation import LABELME_ROOT
+from vgg_toolkit.data.sources.labelme_composites import LABELME_ROOT
 from vgg_toolkit.data.shards.manifest import Manifest, sha256_file
 from vgg_toolkit.data.shards.reader import iter_raw, parse_sample, resolve_source
 from vgg_toolkit.data.shards.records import quantize_boxes

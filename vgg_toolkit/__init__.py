@@ -10,8 +10,6 @@ This module is the public API: what the built-in plugins use, and all a third-pa
     result = vt.run_evaluation([trained], vt.get_evaluator("dense"), batches)
 """
 
-__version__ = "0.1.0"  # before the imports: the command line reads it while they run
-
 from .cli.options import with_plugin_options
 from .contract.data import DataFacts
 from .contract.evaluator import DescribedEvaluator, ScaledEvaluator
@@ -42,6 +40,7 @@ from .models.weights import load_weights, read_model_info, save_safetensors, sav
 from .runtime.console import plain, print_table
 from .runtime.devices import mixed_precision, pick_device
 from .runtime.files import atomic_file, check_output_file, write_text
+from .version import __version__
 
 __all__ = [
     # plugins

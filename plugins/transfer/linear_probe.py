@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vgg_toolkit.errors import VggtkError
+from vgg_toolkit import VggtkError
 
 C_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)  # descriptors are unit-length: useful C runs high
 

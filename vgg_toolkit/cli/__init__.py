@@ -9,7 +9,7 @@ import sys
 import typer
 from rich.console import Console
 
-from .. import __version__
+from ..version import __version__
 from ..errors import VggtkError
 from ..host.manager import get_host
 

@@ -14,6 +14,7 @@ import torch
 
 from ..data.errors import check_labels
 from ..errors import VggtkError
+from ..runtime.files import atomic_file
 
 
 def _check(posteriors: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +113,6 @@ def save_confusion_png(confusion: torch.Tensor, path: str | os.PathLike,
         ax.set_yticks(range(n), labels=list(class_names), fontsize=7)
     ax.set_title(title or ("confusion matrix (rows normalised)" if normalize else "confusion matrix"))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)

@@ -21,5 +21,13 @@ def plain(value) -> Text:
 def print_table(console: Console, table) -> None:
     """Print ``table`` at least as wide as it needs: on a narrow terminal the lines run long (the
     terminal wraps them) rather than folding or cutting a cell."""
-    needed = Measurement.get(console, console.options, table).maximum
-    console.print(table, width=max(console.width, needed), crop=False, no_wrap=True)
+    needed = Measurement.get(console, console.options.update(max_width=1 << 20), table).maximum
+    if needed <= console.width:
+        console.print(table)
+        return
+    width = console.width  # print() can only narrow the output, so widen the console for this table
+    console.width = needed
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width

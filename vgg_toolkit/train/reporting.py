@@ -11,8 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
-
+from ..runtime.console import plain, print_table
 from ..runtime.files import atomic_file
 
 
@@ -74,7 +73,8 @@ class TrainReporter:
     def __call__(self, event: str, state: dict) -> None:
         if not self.is_main:
             return
-        say = self.console.print
+        def say(text: str, **kwargs):  # one line however narrow the terminal; paths are not markup
+            self.console.print(plain(text), soft_wrap=True, highlight=False, **kwargs)
         if event == "start":
             self.progress.start()
             self.total = state["batches_per_epoch"]
@@ -97,11 +97,11 @@ class TrainReporter:
             plot_history(self.history, self.run_dir / "metrics.png")
             errors = ", ".join(f"{k[len('val_'):]} {state[k]:.2f}%" for k in _val_keys(state))
             say(f"epoch {state['epoch']}: loss {state['train_loss']:.3f}, val {errors}, lr {state['lr']:.0e}, "
-                f"{state['decision']}, {state['seconds']:.0f} s", markup=False, highlight=False)
+                f"{state['decision']}, {state['seconds']:.0f} s")
             if state.get("train_skipped"):
                 detail = f" (rank 0: {state['skipped_detail']})" if state["skipped_detail"] else ""
                 say(f"epoch {state['epoch']}: skipped {state['train_skipped']} unreadable training sample(s){detail}",
-                    style="yellow", markup=False, highlight=False)
+                    style="yellow")
             if self.task is not None:
                 self.progress.reset(self.task, total=self.total)
         elif event == "checkpoint":
@@ -114,8 +114,8 @@ class TrainReporter:
 
     def summary(self, result: dict) -> None:
         table = Table(title="Training finished")
-        table.add_column("", overflow="fold")
-        table.add_column("", overflow="fold")  # paths and numbers wrap, never end in an ellipsis
+        table.add_column("", no_wrap=True)
+        table.add_column("", no_wrap=True)
         best = result.get("best_val") or {}
         rows = [("epochs", str(result["epoch"])), ("steps", str(result["step"]))]
         rows += [(f"best val {k[len('val_'):]}", f"{best[k]:.2f}% (epoch {best['epoch']})") for k in _val_keys(best)]
@@ -124,5 +124,5 @@ class TrainReporter:
                  ("checkpoint", str(result.get("checkpoint"))), ("best checkpoint", str(self.run_dir / "best")),
                  ("metrics", str(self.run_dir / "metrics.jsonl")), ("plot", str(self.run_dir / "metrics.png"))]
         for name, value in rows:
-            table.add_row(Text(name), Text(value))
-        self.console.print(table)
+            table.add_row(plain(name), plain(value))
+        print_table(self.console, table)  # paths and numbers are never cut

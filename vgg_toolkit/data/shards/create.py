@@ -17,7 +17,7 @@ from .manifest import ColorStats, Manifest
 from .publish import clean_debris, discard, previous_set, publish, staging_folder
 from .reader import derive_seed
 from .records import Record
-from ..sources import SPLITS, Source
+from ..sources.base import SPLITS, Source
 from .writer import RollingWriter
 
 

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from ..decode import decode
 from ..errors import DataError, SkipLog, handle
+from ...runtime.files import atomic_file
 from .manifest import Manifest, sha256_file
 from .reader import iter_raw, parse_sample
 
@@ -55,10 +56,9 @@ def contact_sheet(manifest: Manifest, split: str, path: str | Path, count: int =
             draw.rectangle([x0 + x1, y0 + y1, x0 + x2 - 1, y0 + y2 - 1], outline=(255, 0, 0), width=2)
         name = manifest.classes[sample["label"]] if sample["label"] < manifest.num_classes else str(sample["label"])
         draw.text((x0 + 2, y0 + thumb), name[:16], fill=(0, 0, 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    with atomic_file(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return Path(path)
 
 
 @dataclass

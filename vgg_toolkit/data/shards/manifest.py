@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...runtime.files import write_text
 from ..errors import DataError
 
 FORMAT = "vggtk-shards/1"
@@ -149,11 +150,7 @@ class Manifest:
         return out
 
     def write(self, root: str | Path | None = None) -> Path:
-        path = Path(root or self.root) / MANIFEST_NAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        tmp.replace(path)
-        return path
+        return write_text(Path(root or self.root) / MANIFEST_NAME, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":

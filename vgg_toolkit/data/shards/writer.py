@@ -7,6 +7,7 @@ import io
 import tarfile
 from pathlib import Path
 
+from ...runtime.files import atomic_file
 from .manifest import ShardInfo, sha256_file
 from .records import Record
 
@@ -23,7 +24,8 @@ class ShardWriter:
 
     def __init__(self, path: str | Path, compresslevel: int = 9):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".part")
+        self._atomic = atomic_file(self.path)
+        self.tmp = self._atomic.__enter__()
         self._raw = open(self.tmp, "wb")
         self._gz = None
         stream = self._raw
@@ -50,7 +52,7 @@ class ShardWriter:
         if self._gz is not None:
             self._gz.close()
         self._raw.close()
-        self.tmp.replace(self.path)
+        self._atomic.__exit__(None, None, None)
         return ShardInfo(self.path.name, self.samples, self.path.stat().st_size, sha256_file(self.path))
 
     def abort(self) -> None:
@@ -60,7 +62,7 @@ class ShardWriter:
                     closer.close()
             except Exception:
                 pass
-        self.tmp.unlink(missing_ok=True)
+        self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
 class RollingWriter:

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from ...errors import VggtkError
 from ..shards.records import Record
-from . import Source
+from .base import Source
 
 LABELME_ROOT = "/usr/share/doc/labelme-examples/examples"  # Debian package labelme-examples
 LABELME_ENV = "VGGTK_LABELME_EXAMPLES"

@@ -1,0 +1,3 @@
+"""The version of vgg-toolkit."""
+
+__version__ = "0.1.0"
