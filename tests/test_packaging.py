@@ -1,0 +1,68 @@
+"""The built wheel, installed on its own, holds every package: each sub-package and built-in plugin
+imports, and the command line runs from it (not from this checkout)."""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ["pyproject.toml", "README.md", "vgg_toolkit", "plugins", "kernels"]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    for name in SOURCES:  # built from a copy, so the build leaves nothing in the checkout
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                         if (REPO / name).is_dir() else {}))
+    out = tmp_path_factory.mktemp("dist")
+    # The venv's own setuptools, when it has one: no download for the build environment.
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(out), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    return next(out.glob("vgg_toolkit-*.whl"))
+
+
+def test_the_wheel_holds_every_package_of_the_tree(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {str(p.parent.relative_to(REPO)) for p in REPO.glob("vgg_toolkit/**/__init__.py")}
+    packages |= {"vgg_toolkit/plugins/" + str(p.parent.relative_to(REPO / "plugins"))
+                 for p in REPO.glob("plugins/**/__init__.py")}
+    packages |= {"vgg_toolkit/kernels"}
+    missing = sorted(p for p in packages if f"{p.replace('/plugins/.', '/plugins')}/__init__.py" not in names)
+    assert not missing, f"packages missing from the wheel (list them in pyproject.toml): {missing}"
+    assert not any(n.startswith(("plugins/", "kernels/")) for n in names)  # no generic top-level modules
+
+
+def test_the_installed_wheel_imports_everything_and_runs(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    code = (
+        "import importlib, pkgutil, vgg_toolkit\n"
+        "assert vgg_toolkit.__file__.startswith(%r), vgg_toolkit.__file__\n"
+        "found = [m.name for m in pkgutil.walk_packages(vgg_toolkit.__path__, 'vgg_toolkit.')]\n"
+        "for name in found:\n"
+        "    if not name.endswith('__main__'):  # that one runs the command line\n"
+        "        importlib.import_module(name)\n"
+        "assert 'vgg_toolkit.plugins.vgg.net' in found and 'vgg_toolkit.kernels.fused_conv' in found, found\n"
+        "host = vgg_toolkit.get_host()\n"
+        "print(sorted(p for p, info in host.plugins.items() if info.builtin and not info.error))\n"
+    ) % str(target)
+    # -S: no site-packages processing, so the checkout's editable install is not on the path; the
+    # dependencies come from this interpreter's site-packages, after the wheel.
+    env = {"PYTHONPATH": f"{target}:{sysconfig.get_paths()['purelib']}", "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == str(["augment", "classification", "evaluators", "transfer", "triton_backend", "vgg"])
+    models = subprocess.run([sys.executable, "-S", "-m", "vgg_toolkit", "models"], capture_output=True, text=True,
+                            env={**env, "COLUMNS": "200"}, timeout=300, cwd=tmp_path)
+    assert models.returncode == 0 and "138,357,544" in models.stdout, models.stderr[-2000:]
