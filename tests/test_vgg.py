@@ -76,7 +76,7 @@ def test_in_chans_and_width():
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("init,std", [("paper", 0.1), ("glorot", None)])
+@pytest.mark.parametrize("init,std", [("paper", 0.01), ("glorot", None)])
 def test_initialisation(init, std):
     torch.manual_seed(0)
     model = create_model("vgg-a", init=init, width=0.5, fc_dim=256, input_size=64)

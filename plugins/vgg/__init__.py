@@ -18,17 +18,22 @@ _VARIANTS = {
 }
 
 
-def small_image_defaults(facts: DataFacts) -> dict:
-    """Images under 64 px get a narrow net, He-initialised: at that width neither the paper's init nor
-    Glorot's moves a plain (no BatchNorm) 11-layer net off chance level within the demo's epochs."""
-    return {"width": 0.25, "fc_dim": 256, "init": "kaiming"} if facts.small_images else {}
+def training_defaults(facts: DataFacts) -> dict:
+    """What `vggtk train` builds unless told otherwise. Photos: Glorot's init, which the paper found
+    trains the deep configurations from scratch (Sec. 3.1, after submission); its own N(0, 0.01^2) needs
+    the A -> deeper start for them (``--init paper --init-from``). Images under 64 px: a narrow net,
+    He-initialised, since at that width neither the paper's init nor Glorot's moves a plain (no
+    BatchNorm) 11-layer net off chance level within the demo's epochs."""
+    if facts.small_images:
+        return {"width": 0.25, "fc_dim": 256, "init": "kaiming"}
+    return {"init": "glorot"}
 
 
 @hookimpl
 def vggtk_register_architectures(register):
     for name, (config, lrn, aliases, description) in _VARIANTS.items():
         register(name, partial(VGG, config, lrn=lrn), aliases=aliases, description=description,
-                 input_size=224, defaults=small_image_defaults)
+                 input_size=224, defaults=training_defaults)
 
 
 @hookimpl
@@ -38,7 +43,8 @@ def vggtk_register_options(register):
                    target="model"),
         OptionSpec("fc_dim", int, 4096, "Width of FC6/FC7 [default: 4096, or 256 below 64 px].", target="model"),
         OptionSpec("batch_norm", bool, False, "BatchNorm after each conv (not in the paper).", target="model"),
-        OptionSpec("init", str, "paper", "paper | glorot | kaiming [default: paper, or kaiming below 64 px].",
+        OptionSpec("init", str, "glorot", "paper (N(0, 0.01^2)) | glorot | kaiming [default: glorot, or kaiming "
+                   "below 64 px].",
                    choices=INITS, target="model"),
         OptionSpec("dropout", float, 0.5, "Dropout probability on FC6 and FC7.", target="model"),
     ):
