@@ -22,7 +22,7 @@ NAMES = ("astronaut", "chelsea", "coffee")
 def tiny(name: str = "vgg-a", seed: int = 0, num_classes: int = 10):
     """A tiny VGG in eval mode with FC8 scaled so its posteriors are neither uniform nor one-hot."""
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=num_classes, width=0.125, fc_dim=64, input_size=32).eval()
+    model = create_model(name, num_classes=num_classes, width=0.125, fc_dim=64, input_size=32, init="kaiming").eval()
     with torch.no_grad():
         logits = model(photo("astronaut", 32)[None])
         factor = 2.0 / logits.std().clamp_min(1e-12)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import vgg_toolkit as vt
 from vgg_toolkit import (TrainScale, VggtkError, create_model, get_evaluator, grid_positions, model_info, rescale,
                          rescaled_size, set_model_info)
 from vgg_toolkit.plugins.evaluators.protocols import (
@@ -32,7 +33,7 @@ def tiny(name: str = "vgg-a", seed: int = 0):
     last layer, so no other activation changes) makes differences between protocols visible.
     """
     torch.manual_seed(seed)
-    model = create_model(name, num_classes=10, width=0.125, fc_dim=64, input_size=CROP).eval()
+    model = create_model(name, num_classes=10, width=0.125, fc_dim=64, input_size=CROP, init="kaiming").eval()
     with torch.no_grad():
         logits = model(square("astronaut", CROP)[None])
         factor = 2.0 / logits.std().clamp_min(1e-12)
@@ -144,7 +145,7 @@ def _score_map_by_hand(model, x):
 
 def test_dense_on_a_larger_image_equals_the_mean_of_the_score_map_by_hand():
     model = tiny("vgg-b")
-    x = photo("coffee", 96)[None]  # 96 x 144: a 3x4 map after five pools, 2x3 class scores
+    x = photo("coffee", 96)[None][..., 8:136]  # 96 x 128: a 3x4 map after five pools, 2x3 class scores
     with torch.no_grad():
         by_hand = _score_map_by_hand(model, x)
         flipped_by_hand = _score_map_by_hand(model, x.flip(-1))
@@ -157,6 +158,22 @@ def test_dense_on_a_larger_image_equals_the_mean_of_the_score_map_by_hand():
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     # the map really varies over the image, so averaging it is not a no-op
     assert (by_hand - by_hand.mean(dim=(2, 3), keepdim=True)).abs().max() > 1e-2
+
+
+def test_dense_centres_its_windows_on_an_image_that_is_not_a_multiple_of_the_stride():
+    """At Q = crop + 8 the one window of the score map is the centre crop, not the top-left one: the
+    rescaled image is trimmed by 4 pixels on each side, as the centre crop is taken."""
+    model = tiny()
+    q = CROP + 8
+    x = square("coffee", q)[None]
+    centre = CenterCrop(scales=[q])(model, x)
+    torch.testing.assert_close(Dense(scales=[q], flip=False)(model, x), centre, atol=1e-6, rtol=0)
+    top_left = class_score_map(model, x[..., :CROP, :CROP]).mean(dim=(2, 3)).softmax(1)
+    assert (top_left - centre).abs().max() > 1e-3  # where the window sits matters on this photo
+    # A landscape image: trimmed to a multiple of 32 on the long side too, the same on both ends.
+    wide = photo("coffee", q)[None]  # 72 x 108 -> 64 x 96, 4 and 6 pixels off each end
+    torch.testing.assert_close(dense_scores(model, vt.center_trim(wide, 32)),
+                               dense_scores(model, wide[..., 4:68, 6:102]), atol=0, rtol=0)
 
 
 def test_dense_rescales_to_q_before_the_score_map():

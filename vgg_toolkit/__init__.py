@@ -24,7 +24,7 @@ from .data.errors import DataError, check_policy
 from .data.loader import make_loader, normalize_on_device, read_split
 from .data.shards.manifest import Manifest
 from .errors import RegistryError, VggtkError, WeightsError
-from .evaluation.geometry import (center_crop, center_view, crop_at, grid_positions, rescale, rescaled_size,
+from .evaluation.geometry import (center_crop, center_trim, center_view, crop_at, grid_positions, rescale, rescaled_size,
                                   test_scales_for)
 from .evaluation.metrics import topk_errors, topk_misses
 from .evaluation.on_shards import check_fits_data, evaluate_on_shards, normalising_mean
@@ -53,7 +53,7 @@ __all__ = [
     "BatchSlicedDropout", "ModelInfo", "model_info", "find_model_info", "set_model_info",
     "FullyConvolutional", "FeatureTaps", "WeightLayouts", "WarmStart", "ReceptiveField",
     # scales and test-time geometry
-    "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_view", "test_scales_for",
+    "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "center_view", "test_scales_for",
     # data
     "Manifest", "resolve_data", "read_split", "make_loader", "normalize_on_device",
     "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size",

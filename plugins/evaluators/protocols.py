@@ -37,8 +37,9 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from vgg_toolkit import (TrainScale, VggtkError, center_crop, crop_at, find_model_info, grid_positions, model_form,
-                         parse_test_scales, require_fully_conv, rescale, test_scales_for)
+from vgg_toolkit import (FullyConvolutional, TrainScale, VggtkError, center_crop, center_trim, crop_at,
+                         find_model_info, grid_positions, model_form, parse_test_scales, require_fully_conv, rescale,
+                         test_scales_for)
 
 SMALL_POLICIES = ("upscale", "error")
 
@@ -203,12 +204,17 @@ class CenterCrop(Protocol):
 
 class Dense(Protocol):
     """The fully-convolutional net on the whole rescaled image; class-score map averaged spatially;
-    softmax posteriors averaged with the horizontally flipped image."""
+    softmax posteriors averaged with the horizontally flipped image. The rescaled image is trimmed,
+    centred, to a multiple of the net's output stride: the pools would otherwise drop its last rows and
+    columns, and the score map's windows would not be centred (at Q = 36 with 32-pixel windows, the one
+    window would sit at the top left instead of in the middle)."""
 
     name = "dense"
     uses_fully_conv = True
 
     def _posteriors(self, model, batch, crop):
+        if isinstance(model, FullyConvolutional):  # windows centred on the image, not anchored top left
+            batch = center_trim(batch, model.output_stride)
         views = _flipped_views(lambda: batch, self.flip)
         return _summed_softmax(model, views, self.batch_size) / len(views)
 

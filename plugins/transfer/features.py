@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgg_toolkit import FeatureTaps, VggtkError, model_form, rescale, test_scales_for
+from vgg_toolkit import FeatureTaps, FullyConvolutional, VggtkError, center_trim, model_form, rescale, test_scales_for
 
 COMBINES = ("average", "stack")
 
@@ -46,6 +46,8 @@ def image_descriptors(model: nn.Module, images: torch.Tensor, scales: Sequence[i
     with model_form(model, fully_conv=True), torch.no_grad():
         for q in scales:
             x = rescale(images, q)
+            if isinstance(model, FullyConvolutional):  # windows centred on the image, as in dense evaluation
+                x = center_trim(x, model.output_stride)
             d = _pooled(model, x, tap)
             if flip:
                 d = (d + _pooled(model, x.flip(-1), tap)) / 2

@@ -115,6 +115,7 @@ class VGG(nn.Module):
 
     feature_taps = TAPS
     weight_layouts = LAYOUTS
+    output_stride = 32  # five 2x2 max-pools
 
     def __init__(self, config: str = "D", num_classes: int = 1000, in_chans: int = 3, width: float = 1.0,
                  fc_dim: int = 4096, input_size: int = 224, batch_norm: bool = False, lrn: bool = False,

@@ -120,9 +120,12 @@ def set_model_info(model: nn.Module, info: ModelInfo) -> nn.Module:
 
 @runtime_checkable
 class FullyConvolutional(Protocol):
-    """Runs its classifier as convolutions (dense evaluation) without changing its weights."""
+    """Runs its classifier as convolutions (dense evaluation) without changing its weights. One unit
+    of the score map steps ``output_stride`` input pixels; dense evaluation trims an image to a
+    multiple of it, centred, so the windows sit symmetrically on the image."""
 
     fully_conv: bool
+    output_stride: int
 
     def to_fully_conv(self) -> nn.Module: ...
 

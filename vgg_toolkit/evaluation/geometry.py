@@ -71,6 +71,18 @@ def crop_at(x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
     return x[..., top:top + size, left:left + size]
 
 
+def center_trim(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Trim each side of an NCHW batch to a multiple of ``multiple`` pixels (never below one), taking the
+    same number of pixels off both ends (the odd one off the bottom or right). A net whose pools floor
+    would otherwise drop the last rows and columns, anchoring its windows at the top left."""
+    h, w = x.shape[-2:]
+    th, tw = max(multiple, h - h % multiple), max(multiple, w - w % multiple)
+    if (th, tw) == (h, w) or th > h or tw > w:
+        return x
+    top, left = (h - th) // 2, (w - tw) // 2
+    return x[..., top:top + th, left:left + tw]
+
+
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     return crop_at(x, grid_positions(x.shape[-2], crop, 1)[0], grid_positions(x.shape[-1], crop, 1)[0], crop)
 
