@@ -11,7 +11,7 @@ from safetensors import safe_open
 from cli_runner import input_error, vggtk
 from realdata import fashion_sample, photo
 from vgg_toolkit import Manifest, TrainScale, VggtkError, create_model, model_info, set_model_info
-from vgg_toolkit.plugins.transfer.linear_probe import fit_linear_svm
+from vgg_toolkit.plugins.transfer.linear_probe import fit_linear_svm, svm_objective
 from vgg_toolkit.plugins.transfer.features import descriptor_scales, image_descriptors
 
 SHARDS = Path(__file__).resolve().parents[1] / "shards"
@@ -99,18 +99,41 @@ def test_extract_features_writes_each_split_and_its_features_separate_the_classe
     assert accuracy >= 0.9, accuracy
 
 
-def test_the_linear_svm_reaches_its_optimum_on_real_features(extracted):
+@pytest.mark.parametrize("c", [1.0, 1000.0])
+def test_the_linear_svm_reaches_its_optimum_on_real_features(extracted, c):
     features, labels, _ = read(extracted[0] / "train.safetensors")
-    svm = fit_linear_svm(features, labels, 3, c=1.0)
-    # The objective's gradient vanishes at the solution (it is convex and smooth).
+    svm = fit_linear_svm(features, labels, 3, c=c)
+    assert svm.converged and svm.gradient <= 1e-6
+    # Checked independently: at the solution the objective's gradient vanishes (by autograd, in float64,
+    # at the float32 weights it returns), and plain gradient-based L-BFGS from scratch ends no lower.
     w = svm.weight.double().requires_grad_()
     b = svm.bias.double().requires_grad_()
-    targets = torch.full((len(labels), 3), -1.0, dtype=torch.float64)
-    targets[torch.arange(len(labels)), labels] = 1.0
-    margins = (1 - targets * (features.double() @ w.T + b)).clamp(min=0)
-    (0.5 * w.pow(2).sum() / len(labels) + margins.pow(2).sum() / len(labels)).backward()
-    assert w.grad.norm() < 1e-4 and b.grad.norm() < 1e-4
+    ours = svm_objective(w, b, features, labels, c)
+    ours.backward()
+    assert torch.cat([w.grad.flatten(), b.grad]).norm() < 1e-3 * max(1.0, c)
+    lw = torch.zeros_like(w, requires_grad=True)
+    lb = torch.zeros_like(b, requires_grad=True)
+    lbfgs = torch.optim.LBFGS([lw, lb], max_iter=2000, tolerance_grad=1e-12, tolerance_change=1e-15,
+                              history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        lbfgs.zero_grad()
+        value = svm_objective(lw, lb, features, labels, c)
+        value.backward()
+        return value
+
+    lbfgs.step(closure)
+    assert ours.item() <= svm_objective(lw, lb, features, labels, c).item() * (1 + 1e-6)
     assert (svm.predict(features) == labels).float().mean() > 0.95
+
+
+def test_a_fit_that_stops_short_says_so(extracted):
+    features, labels, _ = read(extracted[0] / "train.safetensors")
+    svm = fit_linear_svm(features, labels, 3, c=1000.0, max_steps=1)
+    assert not svm.converged and svm.newton_steps == 1 and svm.gradient > 1e-6
+    for bad in (float("nan"), -1.0, 0.0):
+        with pytest.raises(VggtkError, match="C must be a positive number"):
+            fit_linear_svm(features, labels, 3, c=bad)
 
 
 def test_linear_probe_picks_c_on_val_and_scores_the_test_split(extracted, tmp_path):

@@ -88,7 +88,12 @@ def linear_probe_command(
     classes = json.loads(meta.get("classes", "null")) or sorted(set(y.tolist()) | set(ty.tolist()))
     if x.shape[1] != tx.shape[1]:
         raise vt.VggtkError(f"{features}: {train} has {x.shape[1]} features per image but {test} has {tx.shape[1]}")
+    if c is not None and not (c > 0 and c != float("inf")):  # also NaN
+        raise vt.VggtkError(f"--c: must be a positive number, got {c}")
     result = probe((x, y), (tx, ty), len(classes), val=valid, c=c)
+    for short_c, steps, gradient in result["short"]:
+        console.print(f"warning: the SVM at C={short_c:g} stopped after {steps} Newton steps with its gradient at "
+                      f"{gradient:.1e} of its start, short of the optimum", style="yellow", markup=False)
     for candidate, acc in result["val_accuracy_by_c"].items():
         console.print(f"C={candidate:g}: {val} accuracy {acc:.2f}%", markup=False)
     console.print(f"linear SVM (C={result['c']:g}) fitted on {len(y)} {train} images: {test} accuracy "
