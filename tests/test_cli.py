@@ -41,7 +41,9 @@ def test_convert_between_layouts_keeps_the_model_record(tmp_path):
     assert result.exit_code == 0, result.output
     assert read_model_info(back) == read_model_info(src)
     assert all(torch.equal(read_tensors(back)[k], v) for k, v in model.state_dict().items())
-    assert vggtk("convert", back, back).exit_code == 0 and read_model_info(back) == read_model_info(src)  # in place
+    before = back.read_bytes()
+    assert "is the file being converted" in input_error(vggtk("convert", back, back, "--to", "timm"))
+    assert back.read_bytes() == before  # converting in place would lose the original
 
 
 def test_convert_a_foreign_file_needs_the_architecture_and_its_options(tmp_path):

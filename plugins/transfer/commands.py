@@ -42,13 +42,18 @@ def extract_features(
     for flag, value, low in (("--limit", limit, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value is not None and value < low:
             raise vt.VggtkError(f"{flag}: must be at least {low}, got {value}")
-    test_scales = vt.parse_test_scales(scales) if scales else None
+    try:
+        test_scales = vt.parse_test_scales(scales) if scales is not None else None
+    except vt.VggtkError as exc:
+        raise vt.VggtkError(f"--scales: {exc}") from None
     manifest = vt.Manifest.load(vt.resolve_data(data))
     wanted = [s.strip() for s in splits.split(",") if s.strip()] if splits else list(manifest.splits)
     for split in wanted:
         manifest.split(split)
     if out.exists() and not out.is_dir():
         raise vt.VggtkError(f"--out {out}: is a file; give a folder for the features")
+    for split in wanted:  # said before any work: a file there that vggtk did not write is not replaced
+        vt.check_output_file(out / f"{split}.safetensors", f"{split} features")
     console = Console()
     dev = vt.pick_device(device)
     paths = checkpoints or [DEFAULT_CHECKPOINT]
@@ -70,6 +75,18 @@ def extract_features_command():
     return vt.with_plugin_options("extract-features")(extract_features)
 
 
+ALIKE = ("classes", "tap", "checkpoints", "combine", "flip", "scales")  # what makes two splits' features comparable
+
+
+def _check_alike(a: Path, meta_a: dict, b: Path, meta_b: dict) -> None:
+    """Features of two splits come from the same nets, tap, scales and class list, or a classifier fitted on
+    one means nothing on the other."""
+    for key in ALIKE:
+        if meta_a.get(key) != meta_b.get(key):
+            raise vt.VggtkError(f"{b}: its {key} ({meta_b.get(key)}) differ from {a}'s ({meta_a.get(key)}); "
+                                "extract both splits with the same command")
+
+
 def linear_probe_command(
     features: Path = typer.Argument(Path("runs/features"), help="Directory written by `vggtk extract-features`."),
     train: str = typer.Option("train", help="Split to fit on."),
@@ -79,17 +96,19 @@ def linear_probe_command(
 ):
     """Fit the paper's linear SVM on one split's transfer features and report another's accuracy and mean
     class recall."""
+    if c is not None and not (c > 0 and c != float("inf")):  # also NaN
+        raise vt.VggtkError(f"--c: must be a positive number, got {c}")
     console = Console()
     x, y, meta = read_features(features / f"{train}.safetensors")
-    tx, ty, _ = read_features(features / f"{test}.safetensors")
+    tx, ty, test_meta = read_features(features / f"{test}.safetensors")
+    _check_alike(features / f"{train}.safetensors", meta, features / f"{test}.safetensors", test_meta)
     valid = None
     if val and (features / f"{val}.safetensors").is_file():
-        valid = read_features(features / f"{val}.safetensors")[:2]
+        *valid, val_meta = read_features(features / f"{val}.safetensors")
+        _check_alike(features / f"{train}.safetensors", meta, features / f"{val}.safetensors", val_meta)
     classes = json.loads(meta.get("classes", "null")) or sorted(set(y.tolist()) | set(ty.tolist()))
     if x.shape[1] != tx.shape[1]:
         raise vt.VggtkError(f"{features}: {train} has {x.shape[1]} features per image but {test} has {tx.shape[1]}")
-    if c is not None and not (c > 0 and c != float("inf")):  # also NaN
-        raise vt.VggtkError(f"--c: must be a positive number, got {c}")
     result = probe((x, y), (tx, ty), len(classes), val=valid, c=c)
     for short_c, steps, gradient in result["short"]:
         console.print(f"warning: the SVM at C={short_c:g} stopped after {steps} Newton steps with its gradient at "

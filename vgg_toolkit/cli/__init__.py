@@ -8,10 +8,12 @@ import sys
 
 import typer
 from rich.console import Console
+from typer.main import get_command
 
 from ..version import __version__
 from ..errors import VggtkError
 from ..host.manager import get_host
+from ..runtime.console import one_line
 
 
 def _version(value: bool):
@@ -50,16 +52,26 @@ def build_app() -> typer.Typer:
     return app
 
 
+def say_error(message: str) -> None:
+    """The one line an input error gets, on stderr; control characters from file or class names are
+    shown as codes, never sent to the terminal."""
+    print(f"vggtk: error: {one_line(message)}", file=sys.stderr)
+
+
 def _guard(callback):
-    """Run a command so that input errors end it with one line on stderr and exit status 2."""
+    """Run a command so that input errors end it with one line on stderr and exit status 2. An
+    operating-system error (a full disk, a read-only folder) is the environment's input: the same."""
 
     @functools.wraps(callback)
     def guarded(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
         except VggtkError as exc:
-            print(f"vggtk: error: {exc}", file=sys.stderr)
-            raise typer.Exit(code=2) from None
+            say_error(str(exc))
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            say_error(f"{where}{exc.strerror or exc}")
+        raise typer.Exit(code=2)
 
     return guarded
 
@@ -75,8 +87,17 @@ def _guard_commands(app: typer.Typer) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``vggtk`` executable: errors in the command line itself (an unknown option, a value of the
+    wrong type) get the one-line form too."""
     try:
-        build_app()(args=argv, prog_name="vggtk")
+        code = get_command(build_app()).main(args=argv, prog_name="vggtk", standalone_mode=False)
     except VggtkError as exc:  # raised while the app is built (e.g. a plugin registers a clashing name)
-        print(f"vggtk: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        say_error(str(exc))
+        code = 2
+    except typer.TyperException as exc:
+        ctx = getattr(exc, "ctx", None)
+        say_error(f"{ctx.command_path + ': ' if ctx else ''}{exc.format_message()} (see --help)")
+        code = 2
+    except typer.Abort:
+        code = 130
+    sys.exit(code or 0)

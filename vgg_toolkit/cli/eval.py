@@ -28,7 +28,18 @@ def parse_methods(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
         raise VggtkError(f"--methods {text!r}: name at least one evaluator, e.g. center,dense")
+    twice = sorted({m for m in methods if methods.count(m) > 1})
+    if twice:
+        raise VggtkError(f"--methods {text!r}: {', '.join(twice)} named twice")
     return methods
+
+
+def flag_value(flag: str, parse, text):
+    """``parse(text)``, its error naming ``flag``."""
+    try:
+        return parse(text)
+    except VggtkError as exc:
+        raise VggtkError(f"{flag}: {exc}") from None
 
 
 def at_least(value: int | None, low: int, flag: str) -> None:
@@ -62,7 +73,8 @@ def eval_command(
     at_least(batch_size, 1, "--batch-size")
     at_least(workers, 0, "--workers")
     names = parse_methods(methods)
-    options = {"multi_scale": multi_scale, **({"scales": parse_test_scales(scales)} if scales else {})}
+    options = {"multi_scale": multi_scale, **({"scales": flag_value("--scales", parse_test_scales, scales)}
+                                              if scales is not None else {})}
     check_output_file(out, "JSON results")
     if confusion is not None:
         check_output_file(confusion, "confusion matrix")

@@ -154,6 +154,10 @@ def convert(
 ):
     """Convert weights between vggtk, torchvision and timm layouts; the file keeps its model record."""
     src = weights_file(src)
+    if not src.is_file():
+        raise VggtkError(f"{src}: no such weights file or checkpoint")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise VggtkError(f"{dst}: is the file being converted; write the conversion to another name")
     check_output_file(dst, "converted weights")
     recorded = read_model_info(src)
     if recorded is not None and arch is None and not model:

@@ -11,6 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import VggtkError
+from ..data.errors import SkipLog
+from ..runtime.console import one_line, plain, print_table
+from ..runtime.files import check_output_file
 
 app = typer.Typer(help="Write, inspect and verify WebDataset shards.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -30,8 +33,12 @@ def _options(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise VggtkError(f"--source-option {pair!r} is not KEY=VALUE")
-        out[key.replace("-", "_")] = int(value) if value.lstrip("-").isdigit() else value
+        out[key.replace("-", "_").strip()] = int(value) if value.strip().lstrip("-").isdigit() else value
     return out
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
 
 
 def _human(n: float) -> str:
@@ -59,35 +66,48 @@ def create(
     source_option: list[str] = typer.Option([], help="KEY=VALUE for a packaged source (e.g. train=12000)."),
     into_nonempty: bool = typer.Option(False, "--into-nonempty", help="Write into a folder that holds other "
                                        "files (and no shard set); they are left as they are."),
+    on_error: str = typer.Option("fail", help="A source image that cannot be read or decoded: fail (name it and "
+                                 "stop; nothing is written) | skip (leave it out, count it and name the first)."),
 ):
     """Write WebDataset shards (KEY.jpg|png, KEY.cls, optional KEY.json with boxes) and a manifest.json."""
+    from ..data.errors import check_policy
     from ..data.shards.create import create_shards, parse_splits
     from ..data.sources import open_source
 
+    check_policy(on_error)
     if compress not in ("auto", "yes", "no"):
         raise VggtkError(f"--compress must be auto, yes or no, not {compress!r}")
+    for flag, value, low in (("--samples-per-shard", samples_per_shard, 1), ("--bytes-per-shard", bytes_per_shard, 0),
+                             ("--workers", workers, 1)):
+        if value < low:
+            raise VggtkError(f"{flag}: must be at least {low}, got {value}")
+    fractions = parse_splits(splits)
     source = open_source(src, data_root, **_options(source_option))
+    skipped = SkipLog()
     with _progress() as bar:
         task = bar.add_task("writing", total=len(source.refs))
         manifest = create_shards(
             source, outdir, samples_per_shard=None if bytes_per_shard else samples_per_shard,
-            bytes_per_shard=bytes_per_shard or None, shuffle=shuffle, seed=seed, splits=parse_splits(splits),
+            bytes_per_shard=bytes_per_shard or None, shuffle=shuffle, seed=seed, splits=fractions,
             workers=workers, compress={"auto": None, "yes": True, "no": False}[compress],
             progress=lambda n: bar.advance(task, n),
             on_split=lambda split, n: bar.update(task, description=f"writing {split} ({n})"),
-            into_nonempty=into_nonempty, warn=lambda line: console.print(f"warning: {line}", markup=False))
-    table = Table(title=f"{manifest.name}: {manifest.num_classes} classes -> {outdir}")
+            into_nonempty=into_nonempty, warn=lambda line: console.print(plain(f"warning: {line}")),
+            on_error=on_error, skipped=skipped)
+    table = Table(title=plain(f"{manifest.name}: {_count(manifest.num_classes, 'class', 'classes')} -> {outdir}"))
     for col in ("split", "shards", "samples", "size"):
-        table.add_column(col, justify="left" if col == "split" else "right")
+        table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
     for split, shards in manifest.splits.items():
         table.add_row(split, str(len(shards)), f"{sum(s.samples for s in shards):,}",
                       _human(sum(s.bytes for s in shards)))
-    console.print(table)
+    print_table(console, table)
+    if skipped.total:
+        console.print(plain(f"{skipped.summary()}; first: {skipped.examples[0]}"), style="yellow")
     if manifest.stats is not None:
         mean = ", ".join(f"{v:.1f}" for v in manifest.stats.mean_rgb_255)
         eig = ", ".join(f"{v:.4f}" for v in manifest.stats.eigval)
         console.print(f"{manifest.stats_split} mean RGB (0-255): {mean}; RGB covariance eigenvalues ([0,1]): {eig}")
-    console.print(f"manifest: {manifest.path}")
+    console.print(plain(f"manifest: {manifest.path}"))
 
 
 def _load(path: Path):
@@ -107,25 +127,32 @@ def inspect(
     from ..data.shards.inspection import class_counts, contact_sheet
 
     manifest = _load(shards)
+    manifest.split(split)
+    if count < 1:
+        raise VggtkError(f"--count: must be at least 1, got {count}")
+    sheet = check_output_file(sheet or Path(f"{manifest.name or 'shards'}-{split}-sheet.png"), "contact sheet")
     counts = {s: class_counts(manifest, s) for s in manifest.splits}
-    sheet = sheet or Path(f"{manifest.name or 'shards'}-{split}-sheet.png")
     written = contact_sheet(manifest, split, sheet, count=count)
-    table = Table(title=f"{manifest.name} ({manifest.root}): {manifest.channels}-channel images, "
-                        f"sides {manifest.extra.get('image_size', {}).get('min_side', '?')}-"
-                        f"{manifest.extra.get('image_size', {}).get('max_side', '?')} px")
-    table.add_column("class")
+    table = Table(title=plain(f"{manifest.name} ({manifest.root}): {manifest.channels}-channel images, "
+                              f"sides {manifest.extra.get('image_size', {}).get('min_side', '?')}-"
+                              f"{manifest.extra.get('image_size', {}).get('max_side', '?')} px"))
+    table.add_column("class", no_wrap=True)
     for s in manifest.splits:
-        table.add_column(s, justify="right")
+        table.add_column(s, justify="right", no_wrap=True)
     for i, name in enumerate(manifest.classes):
-        table.add_row(f"{i} {name}", *(f"{counts[s].get(i, 0):,}" for s in manifest.splits))
-    table.add_row("[bold]total", *(f"[bold]{manifest.samples(s):,} in {len(manifest.split(s))} shard(s)"
-                                   for s in manifest.splits))
-    console.print(table)
+        table.add_row(plain(f"{i} {name}"), *(f"{counts[s].get(i, 0):,}" for s in manifest.splits))
+    table.add_row("total", *(f"{sum(counts[s].values()):,} in {len(manifest.split(s))} shard(s)"
+                             for s in manifest.splits), style="bold")
+    print_table(console, table)
+    for s in manifest.splits:
+        if sum(counts[s].values()) != manifest.samples(s):
+            console.print(plain(f"warning: {s}: the shards hold {sum(counts[s].values()):,} samples, the manifest "
+                                f"says {manifest.samples(s):,}; run `vggtk shards verify`"), style="yellow")
     if manifest.stats is not None:
         console.print("mean RGB (0-255): " + ", ".join(f"{v:.1f}" for v in manifest.stats.mean_rgb_255))
     if "licence" in manifest.extra:
-        console.print(f"licence: {manifest.extra['licence']}")
-    console.print(f"contact sheet ({min(count, manifest.samples(split))} {split} samples): {written}")
+        console.print(plain(f"licence: {manifest.extra['licence']}"))
+    console.print(plain(f"contact sheet ({min(count, manifest.samples(split))} {split} samples): {written}"))
 
 
 @app.command()
@@ -145,16 +172,17 @@ def verify(
     with _progress() as bar:
         task = bar.add_task("verifying", total=total)
         report = run_verify(manifest, split or None, on_error, progress=lambda n: bar.advance(task, n))
-    table = Table(title=f"verify {manifest.root}")
+    table = Table(title=plain(f"verify {manifest.root}"))
     for col in ("shard", "samples", "status"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for name, n, status in report.per_shard:
-        table.add_row(name, f"{n:,}", status if status == "ok" else f"[red]{status}")
-    console.print(table)
-    console.print(f"{report.shards} shard(s), {report.samples:,} samples, {report.decoded:,} decoded, "
-                  f"{report.boxes:,} boxes; {report.skipped.summary()}")
+        table.add_row(plain(name), f"{n:,}", plain(status), style=None if status == "ok" else "red")
+    print_table(console, table)
+    console.print(plain(f"{report.shards} shard(s), {report.samples:,} samples, {report.decoded:,} decoded, "
+                        f"{report.boxes:,} boxes; {report.skipped.summary()}"))
     for line in report.skipped.examples:
-        console.print(f"  {line}", markup=False)
+        console.print(plain(f"  {line}"))
     if not report.ok:
+        print(one_line(f"vggtk: verify: {manifest.root}: {report.skipped.summary()}"), file=sys.stderr)
         raise typer.Exit(code=1)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import torch
@@ -22,6 +23,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import DataError
+
+
+def decode_failure(exc: Exception) -> str:
+    """Why an image did not decode, in words that name no Python object."""
+    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "it", str(exc))
+    return f"cannot decode image ({type(exc).__name__}: {text})"
+
+
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # how PIL opens 16-bit greyscale PNGs
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image as 8-bit greyscale, by its high byte: PIL's own conversion clips every
+    value above 255, which turns most of such an image white."""
+    if img.mode not in SIXTEEN_BIT:
+        return img
+    values = np.asarray(img).astype(np.int64)
+    return Image.fromarray((values >> 8).clip(0, 255).astype(np.uint8), "L")
 
 
 def _pil_mode(channels: int | None, mode: str) -> str:
@@ -52,7 +71,7 @@ class LazyImage:
             self._pil = Image.open(io.BytesIO(data))  # reads the header only; decoded by materialize()
             self.src_size, self.src_mode, self.format = self._pil.size, self._pil.mode, self._pil.format
         except Exception as exc:
-            raise DataError(f"cannot decode image ({type(exc).__name__}: {exc})", shard, member,
+            raise DataError(decode_failure(exc), shard, member,
                             kind="corrupt image") from None
         w, h = self.src_size
         self.box = (0.0, 0.0, float(w), float(h))  # region of the source the image covers (pixel edges)
@@ -99,7 +118,7 @@ class LazyImage:
         except DataError:
             raise
         except Exception as exc:
-            raise DataError(f"cannot decode image ({type(exc).__name__}: {exc})", self.shard, self.member,
+            raise DataError(decode_failure(exc), self.shard, self.member,
                             kind="corrupt image") from None
 
     def _resample(self, img: Image.Image, box, w: int, h: int) -> torch.Tensor:
@@ -132,6 +151,7 @@ class LazyImage:
             elif mode == "L" and img.mode != "L":
                 img.draft("L", img.size)  # libjpeg outputs greyscale directly
         img.load()
+        img = to_8bit(img)
         if img.mode != mode:
             img = img.convert(mode)
         box = (l / reduce, t / reduce, r / reduce, b / reduce)

@@ -7,6 +7,7 @@ ensemble and future head shares them.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -14,7 +15,8 @@ import torch
 
 from ..data.errors import check_labels
 from ..errors import VggtkError
-from ..runtime.files import atomic_file
+from ..runtime.console import one_line
+from ..runtime.files import WRITTEN_BY, atomic_file
 
 
 def _check(posteriors: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,10 +111,13 @@ def save_confusion_png(confusion: torch.Tensor, path: str | os.PathLike,
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if class_names is not None and n <= 50:  # beyond that the labels only overprint each other
-        ax.set_xticks(range(n), labels=list(class_names), rotation=90, fontsize=7)
-        ax.set_yticks(range(n), labels=list(class_names), fontsize=7)
+        names = [one_line(name) for name in class_names]  # a control character has no glyph to draw
+        ax.set_xticks(range(n), labels=names, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), labels=names, fontsize=7)
     ax.set_title(title or ("confusion matrix (rows normalised)" if normalize else "confusion matrix"))
-    fig.tight_layout()
+    with warnings.catch_warnings():  # long names: the layout is the best it can be, said in a warning
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata={"Software": WRITTEN_BY})
     return Path(path)

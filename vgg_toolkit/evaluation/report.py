@@ -42,7 +42,7 @@ def print_results(results: Sequence[EvalResult], console: Console | None = None,
 def results_json(results: Sequence[EvalResult], per_class: bool = False, extra: dict | None = None) -> dict:
     from ..version import __version__
 
-    return {"vggtk_version": __version__, "error_unit": "percent", **(extra or {}),
+    return {"written_by": "vggtk", "vggtk_version": __version__, "error_unit": "percent", **(extra or {}),
             "results": [r.to_dict(per_class=per_class) for r in results]}
 
 

@@ -97,7 +97,10 @@ def create_model(name: str, num_classes: int = 1000, **options) -> nn.Module:
     """
     entry = architecture(name)
     options = check_options(entry.name, options)
-    model = entry.factory(num_classes=num_classes, **options)
+    try:
+        model = entry.factory(num_classes=num_classes, **options)
+    except (ValueError, TypeError) as exc:  # a value the factory refuses, e.g. a dropout of 1.5
+        raise VggtkError(f"architecture {entry.name!r} refused its options {options}: {exc}") from None
     input_size = options.get("input_size", entry.info.get("input_size", 224))
     return set_model_info(model, ModelInfo(entry.name, {"num_classes": num_classes, **options}, int(input_size)))
 

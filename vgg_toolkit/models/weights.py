@@ -18,7 +18,7 @@ from torch import nn
 
 from ..contract.model import ModelInfo, WeightLayouts, find_model_info
 from ..errors import WeightsError
-from ..runtime.files import atomic_file
+from ..runtime.files import WRITTEN_BY, atomic_file
 
 INFO_KEY = "vggtk_model"
 
@@ -149,10 +149,10 @@ def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "vggtk
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                      metadata: Mapping[str, str]) -> Path:
-    """Tensors and string metadata as one safetensors file, written atomically."""
+    """Tensors and string metadata as one safetensors file, written atomically, with vggtk's mark."""
     # safetensors refuses shared or non-contiguous storage; copies are small next to a disk write.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata=dict(metadata))
+        save_file(tensors, str(tmp), metadata={**metadata, "written_by": WRITTEN_BY})
     return Path(path)
 

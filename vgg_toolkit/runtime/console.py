@@ -9,13 +9,18 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.text import Text
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 
 
 def plain(value) -> Text:
     """``value`` as literal text: rich markup is not interpreted and control characters (terminal escape
     sequences among them) are shown as visible codes such as ``\\x1b``."""
     return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value)))
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines and terminal escapes among them) shown as codes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text).replace("\n", " "))
 
 
 def print_table(console: Console, table) -> None:

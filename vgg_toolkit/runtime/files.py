@@ -7,6 +7,7 @@ the target in one step; on any failure the temporary file is removed and the tar
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -15,13 +16,43 @@ from typing import Iterator
 from ..errors import VggtkError
 
 TMP_TAG = ".vggtk-tmp-"  # in the name of every temporary file or folder vggtk makes
+WRITTEN_BY = "vggtk"  # the mark every file vggtk writes carries (JSON key, safetensors metadata, PNG text)
+
+
+def written_by_vggtk(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` carries vggtk's mark: only such a file may be replaced."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(path.read_text())
+            return isinstance(data, dict) and (data.get("written_by") == WRITTEN_BY
+                                               or str(data.get("format", "")).startswith("vggtk-"))
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            return meta.get("written_by") == WRITTEN_BY or "vggtk_model" in meta
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as img:
+                return img.info.get("Software") == WRITTEN_BY
+    except Exception:  # unreadable, or not what its name says: not ours
+        return False
+    return False
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
-    """Refuse, before any work is done, a target that is a folder or sits under a file."""
+    """Refuse, before any work is done, a target that is a folder, sits under a file, or is a file vggtk
+    did not write (it is never overwritten)."""
     path = Path(path)
     if path.is_dir():
         raise VggtkError(f"{path}: is a folder; give a file name for the {what}")
+    if path.exists() and not written_by_vggtk(path):
+        raise VggtkError(f"{path}: exists and was not written by vggtk, so it is not replaced; move it away or "
+                         f"give another name for the {what}")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -32,6 +63,15 @@ def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -40,11 +80,14 @@ def _fsync(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """``with atomic_file(target) as tmp: write(tmp)``: ``target`` then holds the complete file."""
-    path = check_output_file(path)
+    path = Path(path)
+    if path.is_dir():
+        raise VggtkError(f"{path}: is a folder, not a file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_TAG}{os.getpid()}")
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as any new file: some writers create theirs private
         _fsync(tmp)  # the rename must not land before the bytes do
         os.replace(tmp, path)
     finally:

@@ -19,10 +19,40 @@ from ..contract.model import ModelInfo
 from ..errors import VggtkError
 from ..models.trained import WEIGHTS_NAME
 from ..models.weights import load_weights, save_weights
-from ..runtime.files import atomic_folder, remove_debris
+from ..runtime.files import atomic_folder, remove_debris, written_by_vggtk
 
 PREFIX = "ckpt-"
 BEST = "best"
+CHECKPOINT_FILES = {WEIGHTS_NAME, "optimizer.safetensors", "optimizer.json", "state.json"}
+RUN_MARK = ".vggtk-run"  # in every run directory vggtk has written to
+LOGS = ("config.json", "metrics.jsonl", "metrics.png")  # what a run writes beside its checkpoints
+
+
+def claim_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Before any work: ``run_dir`` can be written and holds nothing a run would overwrite or delete that
+    vggtk did not write; then it is marked as a run directory. Other files may share it, untouched."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VggtkError(f"{run_dir}: is a file; --run-dir names a folder")
+    parent = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise VggtkError(f"{run_dir}: cannot write into {parent} (read-only or no permission)")
+    if run_dir.is_dir():
+        ours = (run_dir / RUN_MARK).exists() or bool(complete_checkpoints(run_dir))
+        for name in LOGS:
+            path = run_dir / name
+            if path.exists() and not (ours or written_by_vggtk(path)):
+                raise VggtkError(f"{path}: exists and was not written by vggtk train, which would replace it; "
+                                 "move it away or choose another --run-dir")
+        for ckpt in [run_dir / BEST, *complete_checkpoints(run_dir)]:
+            foreign = sorted(p.name for p in ckpt.iterdir()) if ckpt.is_dir() else []
+            foreign = [n for n in foreign if n not in CHECKPOINT_FILES]
+            if foreign or (ckpt.exists() and not ckpt.is_dir()):
+                raise VggtkError(f"{ckpt / foreign[0] if foreign else ckpt}: was not written by vggtk train, and "
+                                 "replacing or pruning that checkpoint would delete it; move it away")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARK).touch()
+    return run_dir
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -53,7 +83,8 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
         with atomic_folder(run_dir / BEST) as tmp:
             shutil.copytree(final, tmp, dirs_exist_ok=True)
     for old in complete_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if all(p.name in CHECKPOINT_FILES for p in old.iterdir()):  # never a folder holding a user's file
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

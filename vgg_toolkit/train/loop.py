@@ -31,11 +31,11 @@ from ..models.layers import global_rows
 from ..models.trained import initialise_from
 from ..runtime.devices import mixed_precision, pick_device
 from ..runtime.distributed import DistEnv, all_reduce_sum, broadcast_object, init_distributed, shutdown
-from ..runtime.files import write_text
+from ..runtime.files import WRITTEN_BY, write_text
 from ..runtime.seeding import derived_seed
 from .batches import BatchSource
-from .checkpoint import (clean_run_dir, latest_checkpoint, load_checkpoint, load_optimizer, read_state,
-                         save_checkpoint)
+from .checkpoint import (claim_run_dir, clean_run_dir, latest_checkpoint, load_checkpoint, load_optimizer,
+                         read_state, save_checkpoint)
 from .plan import RunPlan
 from .schedule import PlateauSchedule
 
@@ -113,7 +113,7 @@ class _Run:
     # -- start: fresh, initialised from another net, or resumed ------------------------------------
     def start(self, resume) -> "_Run":
         if self.env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            claim_run_dir(self.run_dir)
             clean_run_dir(self.run_dir)
         ckpt = self._checkpoint_to_resume(resume)
         if ckpt is not None:
@@ -145,7 +145,8 @@ class _Run:
         if self.config.compile:
             self.net = torch.compile(self.net)
         if self.env.is_main:
-            write_text(self.run_dir / "config.json", json.dumps(self.state["plan"], indent=1))
+            write_text(self.run_dir / "config.json",
+                       json.dumps({"written_by": WRITTEN_BY, **self.state["plan"]}, indent=1))
         return self
 
     def _checkpoint_to_resume(self, resume) -> Path | None:

@@ -4,12 +4,14 @@ learning rate, each taken from the user where given, else from the data and the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 from ..contract.data import DataFacts
 from ..contract.scale import TrainScale
 from ..contract.task import Head
 from ..errors import VggtkError
 from ..host.manager import get_host
-from ..models.factory import architecture, check_options
+from ..models.factory import architecture, check_options, create_model
 from ..models.trained import read_model_info, weights_file
 from .config import TrainConfig, resumable_keys
 
@@ -63,6 +65,8 @@ def make_head(name: str) -> Head:
 
 
 def plan_run(config: TrainConfig, facts: DataFacts) -> RunPlan:
+    if facts.num_classes < 2:
+        raise VggtkError(f"the data holds {facts.num_classes} class(es): a classifier needs at least two")
     entry = architecture(config.arch)
     for key in ("in_chans", "num_classes"):
         if key in config.model:
@@ -81,6 +85,8 @@ def plan_run(config: TrainConfig, facts: DataFacts) -> RunPlan:
         scale = TrainScale.parse(round(crop * 256 / 224))  # the paper's ratio of crop to S
     scale.check_crop(crop)
     head = make_head(config.head)
+    with torch.device("meta"):  # the factory's own checks (a dropout of 1.5...) now, for nothing
+        create_model(entry.name, num_classes=head.num_outputs(facts.num_classes), **options)
     lr = config.lr if config.lr is not None else (
         FINE_TUNE_LR if config.init_from and _same_architecture(config.init_from, entry.name) else DEFAULT_LR)
     return RunPlan(config, facts, entry.name, options, head.num_outputs(facts.num_classes), scale, lr)

@@ -12,21 +12,22 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from ..runtime.console import plain, print_table
-from ..runtime.files import atomic_file
+from ..runtime.files import WRITTEN_BY, atomic_file
 
 
 
 def plot_history(history: list[dict], path: Path) -> Path | None:
-    """Loss and top-1/top-5 validation error per epoch, as a PNG. Returns None without matplotlib."""
+    """Loss and the validation errors per epoch, as a PNG. Returns None without matplotlib. Drawn on
+    matplotlib's Agg canvas directly, never through pyplot, so the caller's backend is left alone."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return None
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_err = fig.subplots(1, 2)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
     for key in _val_keys(history[-1]):
@@ -39,8 +40,7 @@ def plot_history(history: list[dict], path: Path) -> Path | None:
                 ax.axvline(h["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
     fig.tight_layout()
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": WRITTEN_BY})
     return path
 
 

@@ -15,6 +15,7 @@ from ..evaluation.on_shards import evaluate_on_shards
 from ..models.trained import load_trained
 from ..runtime.devices import pick_device
 from .batches import source_for
+from .checkpoint import claim_run_dir
 from .config import TrainConfig
 from .loop import train
 from .plan import plan_run
@@ -24,11 +25,11 @@ from .reporting import TrainReporter
 def run_training(config: TrainConfig, resume: str = "auto", console: Console | None = None) -> dict:
     """Train as ``config`` says; on rank 0, evaluate the best checkpoint on the test split with the
     ``center`` protocol (as ``vggtk eval --methods center`` would) and print a summary."""
+    run_dir = claim_run_dir(config.run_dir)  # before the data is read: a run directory it cannot use is said now
     manifest = Manifest.load(resolve_data(config.data))
     plan = plan_run(config, data_facts(manifest))
     train_pipe = train_pipeline(manifest, crop=plan.input_size, scale=plan.scale)
     source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error)
-    run_dir = Path(config.run_dir)
     reporter = TrainReporter(run_dir, console or Console())
     result = train(plan, source, run_dir, resume=None if resume == "none" else resume, on_event=reporter)
     if not reporter.is_main:

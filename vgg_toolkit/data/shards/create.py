@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
+import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +16,9 @@ from ...errors import VggtkError
 from .manifest import ColorStats, Manifest
 from .publish import clean_debris, discard, previous_set, publish, staging_folder
 from .reader import derive_seed
-from .records import Record
+from .records import Record, box_problem
+from ..decode import SIXTEEN_BIT, decode_failure, to_8bit
+from ..errors import DataError, SkipLog, handle
 from ..sources.base import SPLITS, Source
 from .writer import RollingWriter
 
@@ -33,7 +35,7 @@ def parse_splits(text: str) -> dict[str, float]:
         except ValueError:
             raise VggtkError(f"--splits: {part!r} is not NAME=FRACTION") from None
     total = sum(out.values())
-    if not out or abs(total - 1.0) > 1e-6 or any(v < 0 for v in out.values()):
+    if not out or not math.isfinite(total) or abs(total - 1.0) > 1e-6 or any(not v >= 0 for v in out.values()):
         raise VggtkError(f"--splits: fractions must be non-negative and add up to 1 (got {text!r})")
     return out
 
@@ -56,17 +58,30 @@ def assign_splits(source: Source, fractions: dict[str, float], seed: int) -> dic
     return {s: refs for s, refs in by_split.items() if refs}
 
 
+STATS_PIXELS = 1 << 20  # colour statistics of a larger image come from a reduced copy of it
+
+
 def _examine(record: Record, want_stats: bool):
-    """Decode the image in full (so a broken one is caught now, in any split): its (width, height),
-    mode, and, for the stats split, the sum of its RGB pixels and of their outer products ([0, 1] units)."""
+    """Decode the image (so a broken one is caught now, in any split): its (width, height), mode, and,
+    for the stats split, the sum of its RGB pixels and of their outer products ([0, 1] units), weighted
+    by its full pixel count. A large image is decoded reduced (JPEG's DCT scaling, or PIL's box
+    reduction) for the statistics, so an 8000 x 8000 photo costs megabytes, not gigabytes."""
     with Image.open(io.BytesIO(record.image)) as img:
-        img.load()
         w, h = img.size
+        factor = max(1, math.ceil(math.sqrt(w * h / STATS_PIXELS))) if want_stats else 1
+        if factor > 1 and img.format == "JPEG":
+            img.draft("RGB", (max(1, w // factor), max(1, h // factor)))
+        img.load()
+        mode = to_8bit(img).mode if img.mode in SIXTEEN_BIT else img.mode
         sums = None
         if want_stats:
-            rgb = np.asarray(img.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
-            sums = (rgb.sum(0), rgb.T @ rgb, len(rgb))
-        return (w, h, img.mode), sums
+            small = to_8bit(img)
+            if small.size[0] * small.size[1] > STATS_PIXELS:
+                small = small.reduce(max(1, math.ceil(math.sqrt(small.size[0] * small.size[1] / STATS_PIXELS))))
+            rgb = np.asarray(small.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
+            weight = w * h / len(rgb)
+            sums = (rgb.sum(0) * weight, (rgb.T @ rgb) * weight, w * h)
+        return (w, h, mode), sums
 
 
 def create_shards(source: Source, outdir: str | Path, *, samples_per_shard: int | None = None,
@@ -74,12 +89,15 @@ def create_shards(source: Source, outdir: str | Path, *, samples_per_shard: int 
                   splits: dict[str, float] | None = None, workers: int = 2, compress: bool | None = None,
                   stats_split: str = "train", progress: Callable[[int], None] | None = None,
                   on_split: Callable[[str, int], None] | None = None, into_nonempty: bool = False,
-                  warn: Callable[[str], None] | None = None) -> Manifest:
+                  warn: Callable[[str], None] | None = None, on_error: str = "fail",
+                  skipped: SkipLog | None = None) -> Manifest:
     """Write ``outdir/{split}-000000.tar[.gz]``... and ``outdir/manifest.json``; return the manifest.
 
     The set is written beside ``outdir`` and swapped in complete (``publish``): a failed or interrupted
     run leaves the previous set as it was, and no file the tool did not write is touched. A folder that
-    holds other files but no shard set is refused unless ``into_nonempty``.
+    holds other files but no shard set is refused unless ``into_nonempty``. A source image that cannot be
+    read or decoded stops the run naming it (``on_error="fail"``), or is left out and counted in
+    ``skipped`` (``"skip"``).
 
     Every sample of the stats split is decoded once to accumulate the mean RGB and the RGB
     covariance (for the colour shift). The same source, seed and options give byte-identical shards.
@@ -98,14 +116,15 @@ def create_shards(source: Source, outdir: str | Path, *, samples_per_shard: int 
     try:
         manifest = _write_set(source, staging, by_split, samples_per_shard=samples_per_shard,
                               bytes_per_shard=bytes_per_shard, shuffle=shuffle, seed=seed, workers=workers,
-                              compress=compress, stats_split=stats_split, progress=progress, on_split=on_split)
+                              compress=compress, stats_split=stats_split, progress=progress, on_split=on_split,
+                              on_error=on_error, skipped=skipped if skipped is not None else SkipLog())
         return publish(staging, outdir, manifest, old)
     finally:
         discard(staging)
 
 
 def _write_set(source: Source, folder: Path, by_split: dict[str, list], *, samples_per_shard, bytes_per_shard,
-               shuffle, seed, workers, compress, stats_split, progress, on_split) -> Manifest:
+               shuffle, seed, workers, compress, stats_split, progress, on_split, on_error, skipped) -> Manifest:
     keys: set[str] = set()
     shards_out: dict[str, list] = {}
     s1, s2, npix = np.zeros(3), np.zeros((3, 3)), 0
@@ -120,7 +139,10 @@ def _write_set(source: Source, folder: Path, by_split: dict[str, list], *, sampl
         try:
             info, sums = _examine(record, want_stats)
         except Exception as exc:  # PIL raises many types for a broken file
-            raise VggtkError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from None
+            raise VggtkError(f"{where}: {decode_failure(exc)}") from None
+        problem = box_problem(record.boxes or [], info[0], info[1])
+        if problem:
+            raise VggtkError(f"{where}: {problem}")
         return record, sums, info
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -143,7 +165,13 @@ def _write_set(source: Source, folder: Path, by_split: dict[str, list], *, sampl
                         window.append(pool.submit(load, ref, want_stats))
                     if not window:
                         break
-                    record, sums, (w, h, mode) = window.popleft().result()
+                    try:
+                        record, sums, (w, h, mode) = window.popleft().result()
+                    except VggtkError as err:
+                        handle(DataError(str(err), kind="unreadable source image"), on_error, skipped)
+                        if progress is not None:
+                            progress(1)
+                        continue
                     if record.key in keys:
                         raise VggtkError(f"sample key {record.key!r} occurs twice in the source")
                     keys.add(record.key)

@@ -9,21 +9,32 @@ from pathlib import Path
 from typing import Callable
 
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
 
 from ..decode import decode
 from ..errors import DataError, SkipLog, handle
-from ...runtime.files import atomic_file
+from ...runtime.files import WRITTEN_BY, atomic_file
 from .manifest import Manifest, sha256_file
 from .reader import iter_raw, parse_sample
 
 
 def class_counts(manifest: Manifest, split: str) -> Counter:
-    """Samples per label in ``split``, from the ``.cls`` members alone (no image is decoded)."""
+    """Samples per label in ``split``, from the ``.cls`` members alone (no image is decoded). A label that
+    is not a class of the manifest, or is missing, is an error naming its shard and member."""
     counts: Counter = Counter()
     for path in manifest.shard_paths(split):
         for raw in iter_raw(str(path)):
-            if "cls" in raw:
-                counts[int(raw["cls"])] += 1
+            if "cls" not in raw:
+                raise DataError("sample has no .cls label", str(path), raw["__key__"], kind="missing label")
+            try:
+                label = int(raw["cls"].decode().strip())
+            except (UnicodeDecodeError, ValueError):
+                raise DataError(f"label is not an integer: {raw['cls'][:20]!r}", str(path), f"{raw['__key__']}.cls",
+                                kind="bad label") from None
+            if not 0 <= label < manifest.num_classes:
+                raise DataError(f"label {label} out of range [0, {manifest.num_classes})", str(path),
+                                f"{raw['__key__']}.cls", kind="bad label")
+            counts[label] += 1
     return counts
 
 
@@ -56,8 +67,10 @@ def contact_sheet(manifest: Manifest, split: str, path: str | Path, count: int =
             draw.rectangle([x0 + x1, y0 + y1, x0 + x2 - 1, y0 + y2 - 1], outline=(255, 0, 0), width=2)
         name = manifest.classes[sample["label"]] if sample["label"] < manifest.num_classes else str(sample["label"])
         draw.text((x0 + 2, y0 + thumb), name[:16], fill=(0, 0, 0))
+    info = PngInfo()
+    info.add_text("Software", WRITTEN_BY)
     with atomic_file(path) as tmp:
-        sheet.save(tmp, format="PNG")
+        sheet.save(tmp, format="PNG", pnginfo=info)
     return Path(path)
 
 

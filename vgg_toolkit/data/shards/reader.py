@@ -28,7 +28,7 @@ from ...runtime.seeding import derived_seed as derive_seed
 from ..decode import LazyImage
 from ..errors import DataError, SkipLog, handle
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, sha256_file
-from .records import IMAGE_EXTS
+from .records import IMAGE_EXTS, box_problem
 
 
 def sample_generator(seed: int, epoch: int, key: str) -> torch.Generator:
@@ -205,6 +205,9 @@ def parse_sample(raw: dict, num_classes: int | None = None, channels: int | None
                 if num_classes is not None and len(box_labels) and (
                         box_labels.min() < 0 or box_labels.max() >= num_classes):
                     raise ValueError(f"box label out of range [0, {num_classes})")
+                problem = box_problem(boxes.tolist(), *sample["image"].src_size)
+                if problem:
+                    raise ValueError(problem)
                 sample["boxes"], sample["box_labels"] = boxes, box_labels
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise DataError(f"bad box annotation ({exc})", shard, f"{key}.json", kind="bad boxes") from None
@@ -313,6 +316,10 @@ def _raw_in_pieces(pieces: Sequence[Piece], on_error: str, log: SkipLog | None, 
             check_shard(piece.shard, verify)
             for raw in iter_raw(piece.shard.path, skip_samples=piece.start):
                 if got >= want:
+                    if piece.stop == piece.shard.samples:  # the shard's last sample, by its manifest entry
+                        raise DataError(f"shard holds more samples than its manifest entry ({piece.shard.samples}):"
+                                        " the manifest or the shard changed", shard=piece.shard.path,
+                                        kind="wrong sample count")
                     break
                 yield base + got, raw
                 got += 1

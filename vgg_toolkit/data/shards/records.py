@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -16,6 +17,21 @@ def quantize_boxes(boxes) -> list[list[float]]:
     """Round box coordinates to the nearest float32, so the float32 tensors the reader hands out equal
     what the shard stores, bit for bit (the rounding moves a coordinate by under 1e-4 px below 2048)."""
     return [[float(np.float32(v)) for v in box] for box in boxes]
+
+
+def box_problem(boxes, width: int, height: int) -> str | None:
+    """What is wrong with the first bad box (``x1 y1 x2 y2`` in pixels of a ``width`` x ``height``
+    image), or None: a box has finite corners, positive width and height, and lies in the image."""
+    for i, box in enumerate(boxes):
+        x1, y1, x2, y2 = (float(v) for v in box)
+        text = f"box {i} [{x1:g}, {y1:g}, {x2:g}, {y2:g}]"
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            return f"{text} has a coordinate that is not a number"
+        if not (x1 < x2 and y1 < y2):
+            return f"{text} is empty or inverted (x1 < x2 and y1 < y2 are needed)"
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            return f"{text} lies outside the {width}x{height} image"
+    return None
 
 
 def safe_key(text: str) -> str:

@@ -9,24 +9,29 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ...errors import VggtkError
+from ..decode import SIXTEEN_BIT, to_8bit
 from ..shards.records import Record, safe_key
 from .base import SPLITS, Source
 
+ORIENTATION = 0x0112  # the EXIF tag of how the camera was turned
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def _encode_as_stored(path: Path) -> tuple[bytes, str]:
-    """JPEG and PNG bytes go into the shard untouched (so a round trip is bit-exact); other formats
-    are converted to PNG, losslessly."""
+    """JPEG and PNG bytes go into the shard untouched (so a round trip is bit-exact), unless decoding them
+    as they are would give the wrong pixels: a photo whose EXIF orientation says it is turned, or a
+    16-bit PNG. Those, and other formats, are stored as PNG of what they show, losslessly."""
     data = path.read_bytes()
     suffix = path.suffix.lower()
-    if suffix in (".jpg", ".jpeg", ".png"):
-        return data, "png" if suffix == ".png" else "jpg"
     with Image.open(io.BytesIO(data)) as img:
+        turned = suffix in (".jpg", ".jpeg") and img.getexif().get(ORIENTATION, 1) not in (1, None)
+        if suffix in (".jpg", ".jpeg", ".png") and not turned and img.mode not in SIXTEEN_BIT:
+            return data, "png" if suffix == ".png" else "jpg"
         img.load()
+        img = to_8bit(ImageOps.exif_transpose(img))
         if img.mode not in ("L", "RGB"):
             img = img.convert("RGB")
         out = io.BytesIO()

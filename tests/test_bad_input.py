@@ -1,0 +1,220 @@
+"""Every command, given bad input, as a careless user or an attacker would: each case must end with exit
+status 2 and one line on stderr naming the file or option, no traceback, and no file of the user's
+changed. The table grows with every fix (README: "What bad input gets")."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from realdata import fashion_sample
+from vgg_toolkit.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def rewrite_weights(src: Path, dst: Path, tensors=None, metadata=None):
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata())
+        data = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors(data) if tensors else data, str(dst), metadata=metadata(meta) if metadata else meta)
+
+
+@pytest.fixture(scope="module")
+def world(shards, trained, tmp_path_factory):
+    """The bad inputs, made once: damaged shards and checkpoints, and a folder of the user's own files."""
+    w = tmp_path_factory.mktemp("bad")
+    user = w / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("the user's notes")
+    (user / "train-set-2019-backup.tar.gz").write_bytes(b"the user's archive")
+    (user / "eval.json").write_text('{"mine": true}')
+    # Image folders: one with a zero-byte PNG, one with a truncated one, one of a single class.
+    images, labels = fashion_sample(40)
+    for name in ("empty", "cut", "oneclass"):
+        for i, (image, label) in enumerate(zip(images, labels.tolist())):
+            folder = w / name / ("only" if name == "oneclass" else f"c{label % 3}")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[0].numpy()).save(folder / f"{i:03d}.png")
+    first, second = sorted((w / "cut").rglob("*.png"))[:2]
+    (first.parent.parent.parent / "empty" / first.parent.name / "zero.png").write_bytes(b"")
+    whole = first.read_bytes()
+    (first.parent / "half.png").write_bytes(whole[: len(whole) // 2])
+    (w / "notimage").mkdir()
+    for folder in sorted((w / "oneclass").parent.glob("cut/c*")):
+        shutil.copytree(folder, w / "notimage" / folder.name)
+    (w / "notimage" / first.parent.name / "half.png").unlink()
+    (w / "notimage" / first.parent.name / "readme.png").write_text("not an image at all")
+    # A CSV list whose box lies outside its 32x32 image.
+    (w / "boxes.csv").write_text(f"path,label,boxes\n{first},a,\"[[2, 2, 100, 100]]\"\n"
+                                 f"{second},b,\"[[20, 20, 2, 2]]\"\n")
+    # Shards: a text label; a manifest that under-counts a shard.
+    for name in ("textcls", "undercount"):
+        shutil.copytree(shards, w / name)
+    _rewrite_first_label(w / "textcls", b"cat")
+    manifest = json.loads((w / "undercount" / "manifest.json").read_text())
+    manifest["splits"]["val"]["shards"][0]["samples"] -= 5
+    manifest["splits"]["val"]["samples"] -= 5
+    (w / "undercount" / "manifest.json").write_text(json.dumps(manifest))
+    # Checkpoints: crafted and damaged copies of the tiny trained run's best one.
+    best = trained[0] / "best"
+    weights = best / "model.safetensors"
+
+    def variant(name, **how):
+        path = w / name
+        shutil.copytree(best, path)
+        rewrite_weights(weights, path / "model.safetensors", **how)
+        return path
+
+    def wide(meta):
+        info = json.loads(meta["vggtk_model"])
+        info["options"]["width"] = 64  # a record that would allocate ~10 GB if built before checking shapes
+        return {**meta, "vggtk_model": json.dumps(info)}
+
+    variant("huge", metadata=wide)
+    variant("badjson", metadata=lambda meta: {**meta, "vggtk_model": "{not json"})
+    variant("int8", tensors=lambda t: {k: v.to(torch.int8) for k, v in t.items()})
+    variant("nan", tensors=lambda t: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                                      for k, v in t.items()})
+    run = w / "run"
+    shutil.copytree(trained[0], run)
+    ckpt = sorted(run.glob("ckpt-*"))[-1]
+    (ckpt / "state.json").write_text("{}")
+    run2 = w / "run2"
+    shutil.copytree(trained[0], run2)
+    (sorted(run2.glob("ckpt-*"))[-1] / "optimizer.safetensors").write_bytes(b"garbage")
+    (w / "bad.toml").write_text('lr = "fast"\n')
+    (w / "typo.toml").write_text('[model]\nwidht = 0.5\n')
+    (w / "features").mkdir()
+    (w / "features" / "val.safetensors").write_text("the user's file, where a features file would go")
+    return w, user
+
+
+def _rewrite_first_label(folder: Path, label: bytes):
+    import io
+    import tarfile
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["splits"]["train"]["shards"][0]
+    path = folder / entry["name"]
+    with tarfile.open(path, "r:*") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    first_cls = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".cls"))
+    members[first_cls] = (members[first_cls][0], label)
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+# (case id, arguments with {w}, {user}, {shards}, {run}, {repo} to fill, what the one line must name)
+CASES = [
+    # shards create
+    ("create into a folder of the user's", ["shards", "create", "{w}/cut", "{user}"], "--into-nonempty"),
+    ("create from a zero-byte image", ["shards", "create", "{w}/empty", "{w}/o1"], "zero.png"),
+    ("create from a truncated image", ["shards", "create", "{w}/cut", "{w}/o2"], "half.png"),
+    ("create from a text file named .png", ["shards", "create", "{w}/notimage", "{w}/o3"], "readme.png"),
+    ("create with negative shard size", ["shards", "create", "{w}/cut", "{w}/o4", "--samples-per-shard", "-5"],
+     "--samples-per-shard"),
+    ("create with an unknown source option", ["shards", "create", "fashion-mnist", "{w}/o5", "--source-option",
+                                              "nosuch=3"], "nosuch"),
+    ("create with a negative split size", ["shards", "create", "fashion-mnist", "{w}/o6", "--source-option",
+                                           "train=-10"], "train"),
+    ("create with NaN split fractions", ["shards", "create", "{w}/cut", "{w}/o7", "--splits", "train=nan,val=1"],
+     "--splits"),
+    ("create with a box outside its image", ["shards", "create", "{w}/boxes.csv", "{w}/o8", "--splits", "train=1"],
+     "outside the 32x32 image"),
+    ("create with a bad error policy", ["shards", "create", "{w}/cut", "{w}/o9", "--on-error", "ignore"],
+     "--on-error"),
+    # shards inspect / verify
+    ("inspect a text label", ["shards", "inspect", "{w}/textcls", "--sheet", "{w}/s.png"], ".cls"),
+    ("inspect with a negative count", ["shards", "inspect", "{shards}", "--count", "-3", "--sheet", "{w}/s.png"],
+     "--count"),
+    ("inspect over a user's file", ["shards", "inspect", "{shards}", "--sheet", "{user}/notes.txt"], "notes.txt"),
+    # train: options and configs
+    ("train with a string lr", ["train", "--data", "{shards}", "--config", "{w}/bad.toml", "--run-dir", "{w}/r1"],
+     "bad.toml: lr"),
+    ("train with a model typo", ["train", "--data", "{shards}", "--config", "{w}/typo.toml", "--run-dir", "{w}/r2"],
+     "widht"),
+    ("train with a negative lr", ["train", "--data", "{shards}", "--lr", "-0.1", "--run-dir", "{w}/r3"], "--lr"),
+    ("train with lr 0", ["train", "--data", "{shards}", "--lr", "0", "--run-dir", "{w}/r3"], "--lr"),
+    ("train with negative momentum", ["train", "--data", "{shards}", "--momentum", "-1", "--run-dir", "{w}/r3"],
+     "--momentum"),
+    ("train with 0 accumulation steps", ["train", "--data", "{shards}", "--accum-steps", "0", "--run-dir", "{w}/r3"],
+     "--accum-steps"),
+    ("train logging every 0 steps", ["train", "--data", "{shards}", "--log-every", "0", "--run-dir", "{w}/r3"],
+     "--log-every"),
+    ("train on a TPU", ["train", "--data", "{shards}", "--device", "tpu", "--run-dir", "{w}/r3"], "--device"),
+    ("train for 0 epochs", ["train", "--data", "{shards}", "--epochs", "0", "--run-dir", "{w}/r3"], "--epochs"),
+    ("train with negative weight decay", ["train", "--data", "{shards}", "--weight-decay", "-1", "--run-dir",
+                                          "{w}/r3"], "--weight-decay"),
+    ("train keeping -1 checkpoints", ["train", "--data", "{shards}", "--keep-last", "-1", "--run-dir", "{w}/r3"],
+     "--keep-last"),
+    ("train checkpointing every -3", ["train", "--data", "{shards}", "--checkpoint-every", "-3", "--run-dir",
+                                      "{w}/r3"], "--checkpoint-every"),
+    ("train with dropout 1.5", ["train", "--data", "{shards}", "--dropout", "1.5", "--run-dir", "{w}/r3"], "dropout"),
+    ("train a word of epochs", ["train", "--data", "{shards}", "--epochs", "abc"], "--epochs"),
+    ("train with an unknown option", ["train", "--nosuch"], "--nosuch"),
+    ("train into a file", ["train", "--data", "{shards}", "--run-dir", "{user}/notes.txt"], "notes.txt"),
+    ("train on one class", ["train", "--data", "{w}/oneclass-shards", "--run-dir", "{w}/r4"], "two"),
+    ("train on an under-counting manifest", ["train", "--data", "{w}/undercount", "--run-dir", "{w}/r5"],
+     "more samples than its manifest entry"),
+    ("resume from an empty state.json", ["train", "--data", "{shards}", "--run-dir", "{w}/run", "--epochs", "3",
+                                         "--batch-size", "16", "--lr", "0.02"], "state.json"),
+    ("resume from a corrupt optimizer", ["train", "--data", "{shards}", "--run-dir", "{w}/run2", "--epochs", "3",
+                                         "--batch-size", "16", "--lr", "0.02"], "optimizer"),
+    # eval
+    ("eval into a folder", ["eval", "{run}/best", "--data", "{shards}", "--out", "{user}"], "is a folder"),
+    ("eval over a user's file", ["eval", "{run}/best", "--data", "{shards}", "--out", "{user}/eval.json"],
+     "eval.json"),
+    ("eval at an absurd scale", ["eval", "{run}/best", "--data", "{shards}", "--scales", "99999999"], "--scales"),
+    ("eval with a negative limit", ["eval", "{run}/best", "--data", "{shards}", "--limit", "-5"], "--limit"),
+    ("eval with no methods", ["eval", "{run}/best", "--data", "{shards}", "--methods", ""], "--methods"),
+    ("eval with an unknown method", ["eval", "{run}/best", "--data", "{shards}", "--methods", "nosuch"], "nosuch"),
+    ("eval a 1-channel net on photos", ["eval", "{run}/best", "--data", "{repo}/shards/localisation"], "1-channel"),
+    ("eval a crafted wide record", ["eval", "{w}/huge", "--data", "{shards}"], "model.safetensors"),
+    ("eval a record that is not JSON", ["eval", "{w}/badjson", "--data", "{shards}"], "model.safetensors"),
+    ("eval int8 weights", ["eval", "{w}/int8", "--data", "{shards}"], "int8"),
+    ("eval NaN weights", ["eval", "{w}/nan", "--data", "{shards}"], "NaN"),
+    ("eval on an under-counting manifest", ["eval", "{run}/best", "--data", "{w}/undercount", "--split", "val",
+                                            "--out", "{w}/e.json"], "more samples than its manifest entry"),
+    # convert
+    ("convert onto itself", ["convert", "{run}/best/model.safetensors", "{run}/best/model.safetensors", "--to",
+                             "timm"], "is the file being converted"),
+    ("convert into a folder", ["convert", "{run}/best", "{user}"], "is a folder"),
+    ("convert over a user's file", ["convert", "{run}/best", "{user}/notes.txt"], "notes.txt"),
+    ("convert a missing file", ["convert", "{w}/missing.safetensors", "{w}/x.safetensors"], "missing.safetensors"),
+    # transfer
+    ("extract features over a user's file", ["extract-features", "{run}/best", "--data", "{shards}", "--splits",
+                                             "val", "--out", "{w}/features"], "val.safetensors"),
+    ("linear probe with C = NaN", ["linear-probe", "{w}/features", "--c", "nan"], "--c"),
+]
+
+
+@pytest.mark.parametrize("case,args,names", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(world, shards, trained, capsys, case, args, names):
+    w, user = world
+    if case == "train on one class" and not (w / "oneclass-shards").exists():
+        with pytest.raises(SystemExit):
+            main(["shards", "create", str(w / "oneclass"), str(w / "oneclass-shards")])
+        capsys.readouterr()
+    fill = {"w": w, "user": user, "shards": shards, "run": trained[0], "repo": REPO}
+    before = snapshot(user)
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(**fill) for a in args])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2, out + err
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vggtk: error: "), err
+    assert names in lines[0], lines[0]
+    assert snapshot(user) == before
