@@ -112,3 +112,58 @@ def test_plugins_table_shows_a_name_clash_instead_of_failing(host):
     result = vggtk("plugins")
     assert result.exit_code == 0, result.output
     assert "claimed by two plugins: 'vgg' and 'impostor'" in " ".join(result.output.split())
+
+
+def narrow(*args):
+    from typer.testing import CliRunner
+
+    from vgg_toolkit.cli import build_app
+
+    return CliRunner().invoke(build_app(), [str(a) for a in args], env={"COLUMNS": "60"})
+
+
+def test_scripts_get_json_from_models_plugins_and_eval(trained, shards, tmp_path):
+    import json
+
+    models = json.loads(vggtk("models", "--json").stdout)
+    assert {"vgg-a", "vgg-e"} <= {a["name"] for a in models["architectures"]}
+    assert next(a for a in models["architectures"] if a["name"] == "vgg-d")["parameters"] == 138_357_544
+    plugins = json.loads(vggtk("plugins", "--json").stdout)
+    assert next(p for p in plugins["plugins"] if p["plugin"] == "vgg")["registers"]["architectures"][0] == "vgg-a"
+    result = vggtk("eval", trained[0] / "best", "--data", shards, "--methods", "center", "--json",
+                   "--out", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["results"][0]["top1_err_pct"] == json.loads((tmp_path / "e.json").read_text())["results"][0][
+        "top1_err_pct"]
+
+
+def test_on_a_narrow_terminal_no_name_or_number_is_cut(trained, shards, tmp_path):
+    outputs = [narrow("models"), narrow("plugins"),
+               narrow("eval", trained[0] / "best", trained[0] / "best", "--data", shards, "--methods",
+                      "center,multicrop", "--out", tmp_path / "e.json")]
+    for result in outputs:
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.output
+    assert "138,357,544" in outputs[0].output and "dense" not in outputs[2].output.split("top-1")[0]
+    assert "vgg-a + vgg-a" in outputs[2].output and "multi-crop 5x5x2" in outputs[2].output
+
+
+def test_class_names_are_shown_as_text_never_as_markup_or_terminal_escapes(tmp_path):
+    from PIL import Image
+
+    from realdata import fashion_sample
+
+    names = ["[red]x", "a\x1b[31mb\x1b]0;TITLE\x07", "Sandal_with_a_long_name_" + "x" * 50]
+    images, _ = fashion_sample(12)
+    for i, image in enumerate(images):
+        folder = tmp_path / "src" / names[i % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
+    assert vggtk("shards", "create", tmp_path / "src", tmp_path / "shards", "--splits", "train=1").exit_code == 0
+    for result in (vggtk("shards", "inspect", tmp_path / "shards", "--sheet", tmp_path / "s.png"),
+                   narrow("shards", "inspect", tmp_path / "shards", "--sheet", tmp_path / "s.png")):
+        assert result.exit_code == 0, result.output
+        assert "[red]x" in result.output  # the name itself, not a red x
+        assert "\x1b" not in result.output and "\\x1b[31mb" in result.output  # the escape as visible text
+        assert names[2] in result.output and "…" not in result.output

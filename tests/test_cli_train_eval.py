@@ -136,7 +136,10 @@ def test_streaming_run_killed_mid_epoch_resumes_to_the_same_weights_on_the_same_
     assert "stopped mid-epoch with workers 1 (this run: 2); resume with the same" in input_error(other_grid)
 
 
-def test_streaming_training_counts_and_names_skipped_samples(streamed, shards, tmp_path):
+@pytest.mark.parametrize("source", ["streamed", "in memory"])
+def test_training_counts_and_names_skipped_samples(source, shards, tmp_path, monkeypatch):
+    if source == "streamed":
+        monkeypatch.setattr("vgg_toolkit.train.batches.IN_MEMORY_LIMIT", 0)
     data = tmp_path / "shards"
     shutil.copytree(shards, data)
     # A source image that was already broken when the shard was written: the shard itself is sound.
@@ -161,6 +164,13 @@ def test_streaming_training_counts_and_names_skipped_samples(streamed, shards, t
     assert member in result.output.replace("\n", "")
     epoch = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()][-1]
     assert epoch["event"] == "epoch" and epoch["train_skipped"] == 1
+    more = stream_train(data, tmp_path / "skip", "--on-error", "skip", "--epochs", 2)
+    assert more.exit_code == 0, more.output
+    epochs = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "epoch"]
+    # Streamed, each epoch meets the sample again; decoded into memory, it was dropped once, when this
+    # process decoded the split, and is counted with the first epoch it trains.
+    assert [e["train_skipped"] for e in epochs] == [1, 1]
 
 
 def test_the_default_recipe_trains_on_the_bundled_photos(tmp_path):

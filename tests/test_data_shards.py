@@ -1,19 +1,22 @@
 """Writing shards: bit-exact round trips on real images, reproducible builds, the bundled demo data."""
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
+from vgg_toolkit import DataError, VggtkError
+from vgg_toolkit.data.errors import SkipLog
 from vgg_toolkit.data.shards.create import create_shards
 from vgg_toolkit.data.sources.labelme_composites import LABELME_ROOT
 from vgg_toolkit.data.shards.manifest import Manifest, sha256_file
 from vgg_toolkit.data.shards.reader import iter_raw, parse_sample, resolve_source
-from vgg_toolkit.data.shards.records import quantize_boxes
+from vgg_toolkit.data.shards.records import Record, quantize_boxes
 from vgg_toolkit.data.sources import FASHION_MNIST_ROOT, fashion_mnist, image_folder, image_list, read_idx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,3 +174,99 @@ def test_json_list_with_class_names(tmp_path):
     source = image_list(listing)
     record = source.refs[0].load()
     assert record.label == 1 and record.boxes == [[1.0, 2.0, 10.0, 20.5]] and record.image == raw["png"]
+
+
+# --- images that decode wrong when taken at face value --------------------------------------------------------
+
+def _real_grey(n: int = 4) -> np.ndarray:
+    from realdata import fashion_sample
+
+    return fashion_sample(n)[0][:, 0].numpy()  # uint8 (n, 32, 32)
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    grey = _real_grey()
+    for i, image in enumerate(grey):
+        folder = tmp_path / "src" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.astype(np.uint16) * 257).save(folder / f"{i}.png")  # the same image, 16-bit
+    manifest = create_shards(image_folder(tmp_path / "src"), tmp_path / "out", splits={"train": 1.0})
+    assert manifest.channels == 1
+    for split, raw, sample in read_all(manifest).values():
+        index = int(raw["__key__"].rsplit("_", 1)[-1])
+        assert torch.equal(sample["image"].materialize()[0], torch.from_numpy(grey[index]))
+    mean = float(grey.astype(np.float64).mean())
+    assert manifest.stats.mean_rgb_255 == pytest.approx([mean] * 3, abs=1e-6)
+
+
+def test_a_photo_turned_by_its_exif_orientation_is_stored_upright(tmp_path):
+    import skimage.data
+
+    photo = Image.fromarray(skimage.data.chelsea()).resize((60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: show the pixels rotated 90 degrees clockwise
+    folder = tmp_path / "src" / "cat"
+    folder.mkdir(parents=True)
+    photo.save(folder / "turned.jpg", exif=exif, quality=95)
+    photo.save(tmp_path / "src" / "cat" / "plain.jpg", quality=95)
+    (tmp_path / "src" / "dog").mkdir()
+    photo.save(tmp_path / "src" / "dog" / "other.jpg", quality=95)
+    manifest = create_shards(image_folder(tmp_path / "src"), tmp_path / "out", splits={"train": 1.0})
+    images = {raw["__key__"].rsplit("_", 1)[-1]: sample["image"].materialize()
+              for _, raw, sample in read_all(manifest).values()}
+    assert images["turned"].shape == (3, 60, 40) and images["plain"].shape == (3, 40, 60)
+    upright = ImageOps.exif_transpose(Image.open(folder / "turned.jpg"))
+    assert torch.equal(images["turned"], torch.from_numpy(np.asarray(upright)).permute(2, 0, 1))
+
+
+def test_colour_statistics_of_a_large_photo_come_from_a_reduced_decode(tmp_path):
+    import skimage.data
+
+    from vgg_toolkit.data.shards import create as create_module
+    from vgg_toolkit.data.shards.records import Record
+
+    big = Image.fromarray(skimage.data.astronaut()).resize((2048, 2048))  # 4 Mpx: reduced by 2 per side
+    data = io.BytesIO()
+    big.save(data, "PNG")
+    (w, h, mode), (s1, s2, n) = create_module._examine(Record("big", data.getvalue(), "png", 0), True)
+    full = np.asarray(big, dtype=np.float64).reshape(-1, 3) / 255.0
+    assert (w, h, mode, n) == (2048, 2048, "RGB", 2048 * 2048)
+    np.testing.assert_allclose(s1 / n, full.mean(0), atol=2e-3)
+    np.testing.assert_allclose(s2 / n, full.T @ full / len(full), atol=2e-3)
+
+
+def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch):
+    images = _real_grey(2)
+    for i, image in enumerate(images):
+        (tmp_path / "src" / f"c{i}").mkdir(parents=True)
+        Image.fromarray(image).resize((300, 300)).save(tmp_path / "src" / f"c{i}" / f"{i}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 300 x 300 is then over twice PIL's limit
+    with pytest.raises(VggtkError, match=r"0\.png: cannot decode image \(DecompressionBombError"):
+        create_shards(image_folder(tmp_path / "src"), tmp_path / "out", splits={"train": 1.0})
+    assert not (tmp_path / "out").exists()
+
+
+def test_create_can_skip_unreadable_images_and_counts_them(tmp_path):
+    images = _real_grey(6)
+    for i, image in enumerate(images):
+        (tmp_path / "src" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "src" / f"c{i % 2}" / f"{i}.png")
+    (tmp_path / "src" / "c0" / "broken.png").write_bytes(b"\x89PNG not really")
+    skipped = SkipLog()
+    manifest = create_shards(image_folder(tmp_path / "src"), tmp_path / "out", splits={"train": 1.0},
+                             on_error="skip", skipped=skipped)
+    assert manifest.samples("train") == 6 and skipped.total == 1 and "broken.png" in skipped.examples[0]
+
+
+def test_boxes_outside_their_image_or_inverted_are_refused_when_read(tmp_path):
+    from vgg_toolkit.data.shards.writer import ShardWriter
+
+    png = io.BytesIO()
+    Image.fromarray(_real_grey(1)[0]).save(png, "PNG")
+    for name, box in (("outside", [2, 2, 100, 100]), ("inverted", [20, 20, 2, 2]), ("nan", [0, 0, float("nan"), 5])):
+        writer = ShardWriter(tmp_path / f"{name}.tar")
+        writer.write(Record(name, png.getvalue(), "png", 0, [box]))
+        writer.close()
+        raw = next(iter_raw(str(tmp_path / f"{name}.tar")))
+        with pytest.raises(DataError, match=rf"{name}.json\]: bad box annotation \(box 0 .*"):
+            parse_sample(raw, 1)

@@ -74,3 +74,13 @@ def test_confusion_png_is_a_real_image(tmp_path):
         assert img.format == "PNG" and img.width > 100 and img.height > 100
         # not a blank canvas: the matrix cells are drawn in several colours
         assert len(img.convert("RGB").getcolors(1 << 24)) > 10
+
+
+def test_error_rates_are_counted_in_whole_images():
+    """255 of 2000 wrong is 12.75%, exactly: a float32 mean made it 12.749999 (printed 12.7)."""
+    labels = torch.zeros(2000, dtype=torch.long)
+    posteriors = torch.zeros(2000, 10)
+    posteriors[:, 0] = 1.0
+    posteriors[:255, 0], posteriors[:255, 3] = 0.0, 1.0
+    errors = topk_errors(posteriors, labels, (1, 5))
+    assert 100 * errors[1] == 12.75 and f"{100 * errors[1]:.2f}" == "12.75" and errors[5] == 0.0

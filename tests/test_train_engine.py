@@ -179,3 +179,49 @@ def test_resuming_with_other_options_is_refused_but_more_epochs_are_fine(tmp_pat
         train(changed, source, tmp_path)
     longer, _ = tiny_run(128, 32, epochs=2, batch_size=32, log_every=1)
     assert train(longer, source, tmp_path)["epoch"] == 2
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended (its number is free, as a killed run's would be)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_what_a_killed_run_left_is_removed_by_the_next_and_nothing_else(tmp_path):
+    plan, source = tiny_run(128, 32, epochs=1, batch_size=32, log_every=1)
+    train(plan, source, tmp_path)
+    gone = dead_pid()
+    debris = [tmp_path / f".ckpt-000000099.vggtk-tmp-{gone}", tmp_path / f".best.vggtk-tmp-old-{gone}"]
+    for path in debris:
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"half a file")
+    alive = tmp_path / f".ckpt-000000098.vggtk-tmp-{os.getpid()}"  # a process still running: not debris
+    alive.mkdir()
+    (tmp_path / "notes.txt").write_text("the user's")
+    longer, _ = tiny_run(128, 32, epochs=2, batch_size=32, log_every=1)
+    train(longer, source, tmp_path)
+    assert not any(p.exists() for p in debris) and alive.is_dir()
+    assert (tmp_path / "notes.txt").read_text() == "the user's"
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):
+    from vgg_toolkit.train import checkpoint as checkpoint_module
+
+    plan, source = tiny_run(epochs=1, batch_size=32, log_every=1, checkpoint_every=2)
+    real, calls = checkpoint_module.save_file, []
+
+    def dies_on_the_second_save(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        real(tensors, filename, *args, **kwargs)
+        if len(calls) == 2:
+            Path(filename).write_bytes(b"cut short")
+            raise KeyboardInterrupt  # as if the process were stopped while the bytes went out
+
+    monkeypatch.setattr(checkpoint_module, "save_file", dies_on_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(plan, source, tmp_path)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["ckpt-000000002"]
+    assert not [p for p in tmp_path.iterdir() if "vggtk-tmp" in p.name]  # no half checkpoint anywhere
+    monkeypatch.undo()
+    resumed, _ = tiny_run(epochs=1, batch_size=32, log_every=1, checkpoint_every=2)
+    assert train(resumed, source, tmp_path)["step"] == 8  # the run continues from step 2

@@ -27,7 +27,7 @@ from .errors import DataError
 
 def decode_failure(exc: Exception) -> str:
     """Why an image did not decode, in words that name no Python object."""
-    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "it", str(exc))
+    text = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
     return f"cannot decode image ({type(exc).__name__}: {text})"
 
 

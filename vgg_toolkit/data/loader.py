@@ -397,11 +397,12 @@ def normalize_on_device(images: torch.Tensor, mean, scale: float = 1.0 / 255.0,
 
 
 def read_split(data, split: str, *, batch_size: int = 64, workers: int = 0, on_error: str = "fail",
-               limit: int | None = None) -> Iterator[Batch]:
+               limit: int | None = None, skipped: SkipLog | None = None) -> Iterator[Batch]:
     """Every image of a split once, in shard order, decoded with no augmentation: for evaluation, feature
     extraction and in-memory training. Batches hold ``batch_size`` images of one size; when a split's
     images differ in size they come one at a time (a batch is never padded). At most ``limit`` images.
-    What ``--on-error skip`` dropped is reported on stderr once the split is read."""
+    What ``--on-error skip`` dropped is reported on stderr once the split is read, and added to
+    ``skipped`` when given."""
     manifest = data if isinstance(data, Manifest) else Manifest.load(data)
     if limit is not None and limit < 1:
         raise VggtkError(f"limit must be at least 1, got {limit}")
@@ -421,3 +422,5 @@ def read_split(data, split: str, *, batch_size: int = 64, workers: int = 0, on_e
     finally:
         if loader.skipped.total:
             print(f"{manifest.root} {split}: {loader.skipped.summary()}", file=sys.stderr)
+            if skipped is not None:
+                skipped.merge(loader.skipped.counts, loader.skipped.examples)

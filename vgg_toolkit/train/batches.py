@@ -59,13 +59,14 @@ class InMemorySource:
 
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
                  num_classes: int, mean: Iterable[float], train_transform: Transform | None = None, seed: int = 0,
-                 keys: list[str] | None = None):
+                 keys: list[str] | None = None, skipped: SkipLog | None = None):
         self.train_images, self.train_labels = train
         self.val_images, self.val_labels = val
         check_labels(self.train_labels, num_classes, "the training split")
         check_labels(self.val_labels, num_classes, "the validation split")
         self.keys = keys if keys is not None else [str(i) for i in range(len(self.train_labels))]
         self.seed, self.train_transform, self.mean = seed, train_transform, list(mean)
+        self._skipped = skipped or SkipLog()
 
     def _augment(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, index: torch.Tensor) -> torch.Tensor:
         out = []
@@ -78,7 +79,10 @@ class InMemorySource:
         return {}  # global batches depend on the seed alone, not on the rank count
 
     def pop_skipped(self) -> tuple[int, str]:
-        return 0, ""  # bad samples were dropped, and reported, when the split was decoded
+        """What was dropped as unreadable when the training split was decoded: reported with the first
+        epoch this process trains, since nothing is read afterwards."""
+        log, self._skipped = self._skipped, SkipLog()
+        return log.total, (f"{log.summary()}; first: {log.examples[0]}" if log.total else "")
 
     def num_batches(self, global_batch: int, env: DistEnv | None = None, micro_batch: int | None = None) -> int:
         return len(self.train_images) // global_batch  # the last partial batch is dropped
@@ -108,14 +112,18 @@ class InMemorySource:
     def from_shards(cls, manifest: Manifest, train_transform: Transform, seed: int, workers: int,
                     on_error: str) -> "InMemorySource":
         """Decode the train and val splits once, up front."""
-        def decoded(split):
-            batches = list(read_split(manifest, split, batch_size=1024, workers=workers, on_error=on_error))
+        skipped = SkipLog()
+
+        def decoded(split, log=None):
+            batches = list(read_split(manifest, split, batch_size=1024, workers=workers, on_error=on_error,
+                                      skipped=log))
             return (torch.cat([b.images for b in batches]), torch.cat([b.labels for b in batches])), \
                 [key for b in batches for key in b.keys]
 
-        train, keys = decoded("train")
+        train, keys = decoded("train", skipped)
         val, _ = decoded("val")
-        return cls(train, val, manifest.num_classes, manifest.stats.mean_rgb_255, train_transform, seed, keys)
+        return cls(train, val, manifest.num_classes, manifest.stats.mean_rgb_255, train_transform, seed, keys,
+                   skipped)
 
 
 class ShardSource:

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from ...errors import VggtkError
-from ..decode import SIXTEEN_BIT, to_8bit
+from ..decode import SIXTEEN_BIT, decode_failure, to_8bit
 from ..shards.records import Record, safe_key
 from .base import SPLITS, Source
 
@@ -52,7 +52,11 @@ class FileRef:
         try:
             data, ext = _encode_as_stored(Path(self.path))
         except OSError as exc:
-            raise VggtkError(f"{self.path}: cannot read image ({exc})") from None
+            if exc.errno is not None:  # the file system's error, not the content's
+                raise VggtkError(f"{self.path}: cannot read image ({exc.strerror})") from None
+            raise VggtkError(f"{self.path}: {decode_failure(exc)}") from None
+        except Exception as exc:  # PIL raises many types for a broken or hostile file
+            raise VggtkError(f"{self.path}: {decode_failure(exc)}") from None
         return Record(self.key, data, ext, self.label,
                       [list(b) for b in self.boxes] if self.boxes is not None else None,
                       list(self.box_labels) if self.box_labels is not None else None,
