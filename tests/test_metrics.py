@@ -81,6 +81,6 @@ def test_error_rates_are_counted_in_whole_images():
     labels = torch.zeros(2000, dtype=torch.long)
     posteriors = torch.zeros(2000, 10)
     posteriors[:, 0] = 1.0
-    posteriors[:255, 0], posteriors[:255, 3] = 0.0, 1.0
+    posteriors[:255, 0], posteriors[:255, 3] = 0.3, 0.7  # wrong at top-1, right at top-5
     errors = topk_errors(posteriors, labels, (1, 5))
-    assert 100 * errors[1] == 12.75 and f"{100 * errors[1]:.2f}" == "12.75" and errors[5] == 0.0
+    assert errors[1] == 255 / 2000 and f"{100 * errors[1]:.2f}" == "12.75" and errors[5] == 0.0
