@@ -54,7 +54,7 @@ def extract_features(
         raise vt.VggtkError(f"--out {out}: is a file; give a folder for the features")
     for split in wanted:  # said before any work: a file there that vggtk did not write is not replaced
         vt.check_output_file(out / f"{split}.safetensors", f"{split} features")
-    console = Console()
+    console = Console(soft_wrap=True)
     dev = vt.pick_device(device)
     paths = checkpoints or [DEFAULT_CHECKPOINT]
     models = [vt.load_trained(p, dev, plugin_options, command="extract-features") for p in paths]
@@ -98,7 +98,7 @@ def linear_probe_command(
     class recall."""
     if c is not None and not (c > 0 and c != float("inf")):  # also NaN
         raise vt.VggtkError(f"--c: must be a positive number, got {c}")
-    console = Console()
+    console = Console(soft_wrap=True)
     x, y, meta = read_features(features / f"{train}.safetensors")
     tx, ty, test_meta = read_features(features / f"{test}.safetensors")
     _check_alike(features / f"{train}.safetensors", meta, features / f"{test}.safetensors", test_meta)

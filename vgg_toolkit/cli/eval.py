@@ -83,7 +83,7 @@ def eval_command(
     dev = pick_device(device)
     paths = checkpoints or [DEFAULT_CHECKPOINT]
     models = [load_trained(p, dev, plugin_options, command="eval") for p in paths]
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json, soft_wrap=True)
     results = evaluate_on_shards(models, manifest, split, names, options, batch_size=batch_size, workers=workers,
                                  on_error=on_error, limit=limit, console=console, names=[str(p) for p in paths])
     extra = {"data": str(manifest.root), "split": split, "checkpoints": [str(p) for p in paths]}

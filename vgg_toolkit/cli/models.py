@@ -30,7 +30,7 @@ class Layout(str, Enum):
 
 
 def _console() -> Console:
-    return Console()
+    return Console(soft_wrap=True)
 
 
 def _models_rows(input_size: int) -> list[dict]:

@@ -17,12 +17,17 @@ from ..runtime.files import check_output_file
 
 app = typer.Typer(help="Write, inspect and verify WebDataset shards.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
-console = Console()
 
 DEFAULT_SHARDS = "shards/fashion-mnist"
 
 
+def _out() -> Console:
+    """Standard output, at the terminal's width now (a console made at import would keep the first)."""
+    return Console(soft_wrap=True)
+
+
 def _progress() -> Progress:
+    console = _out()
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=True, disable=not console.is_terminal)
 
@@ -92,7 +97,7 @@ def create(
             workers=workers, compress={"auto": None, "yes": True, "no": False}[compress],
             progress=lambda n: bar.advance(task, n),
             on_split=lambda split, n: bar.update(task, description=f"writing {split} ({n})"),
-            into_nonempty=into_nonempty, warn=lambda line: console.print(plain(f"warning: {line}")),
+            into_nonempty=into_nonempty, warn=lambda line: _out().print(plain(f"warning: {line}")),
             on_error=on_error, skipped=skipped)
     table = Table(title=plain(f"{manifest.name}: {_count(manifest.num_classes, 'class', 'classes')} -> {outdir}"))
     for col in ("split", "shards", "samples", "size"):
@@ -100,14 +105,14 @@ def create(
     for split, shards in manifest.splits.items():
         table.add_row(split, str(len(shards)), f"{sum(s.samples for s in shards):,}",
                       _human(sum(s.bytes for s in shards)))
-    print_table(console, table)
+    print_table(_out(), table)
     if skipped.total:
-        console.print(plain(f"{skipped.summary()}; first: {skipped.examples[0]}"), style="yellow")
+        _out().print(plain(f"{skipped.summary()}; first: {skipped.examples[0]}"), style="yellow")
     if manifest.stats is not None:
         mean = ", ".join(f"{v:.1f}" for v in manifest.stats.mean_rgb_255)
         eig = ", ".join(f"{v:.4f}" for v in manifest.stats.eigval)
-        console.print(f"{manifest.stats_split} mean RGB (0-255): {mean}; RGB covariance eigenvalues ([0,1]): {eig}")
-    console.print(plain(f"manifest: {manifest.path}"))
+        _out().print(f"{manifest.stats_split} mean RGB (0-255): {mean}; RGB covariance eigenvalues ([0,1]): {eig}")
+    _out().print(plain(f"manifest: {manifest.path}"))
 
 
 def _load(path: Path):
@@ -143,16 +148,16 @@ def inspect(
         table.add_row(plain(f"{i} {name}"), *(f"{counts[s].get(i, 0):,}" for s in manifest.splits))
     table.add_row("total", *(f"{sum(counts[s].values()):,} in {len(manifest.split(s))} shard(s)"
                              for s in manifest.splits), style="bold")
-    print_table(console, table)
+    print_table(_out(), table)
     for s in manifest.splits:
         if sum(counts[s].values()) != manifest.samples(s):
-            console.print(plain(f"warning: {s}: the shards hold {sum(counts[s].values()):,} samples, the manifest "
+            _out().print(plain(f"warning: {s}: the shards hold {sum(counts[s].values()):,} samples, the manifest "
                                 f"says {manifest.samples(s):,}; run `vggtk shards verify`"), style="yellow")
     if manifest.stats is not None:
-        console.print("mean RGB (0-255): " + ", ".join(f"{v:.1f}" for v in manifest.stats.mean_rgb_255))
+        _out().print("mean RGB (0-255): " + ", ".join(f"{v:.1f}" for v in manifest.stats.mean_rgb_255))
     if "licence" in manifest.extra:
-        console.print(plain(f"licence: {manifest.extra['licence']}"))
-    console.print(plain(f"contact sheet ({min(count, manifest.samples(split))} {split} samples): {written}"))
+        _out().print(plain(f"licence: {manifest.extra['licence']}"))
+    _out().print(plain(f"contact sheet ({min(count, manifest.samples(split))} {split} samples): {written}"))
 
 
 @app.command()
@@ -177,11 +182,11 @@ def verify(
         table.add_column(col, no_wrap=True)
     for name, n, status in report.per_shard:
         table.add_row(plain(name), f"{n:,}", plain(status), style=None if status == "ok" else "red")
-    print_table(console, table)
-    console.print(plain(f"{report.shards} shard(s), {report.samples:,} samples, {report.decoded:,} decoded, "
+    print_table(_out(), table)
+    _out().print(plain(f"{report.shards} shard(s), {report.samples:,} samples, {report.decoded:,} decoded, "
                         f"{report.boxes:,} boxes; {report.skipped.summary()}"))
     for line in report.skipped.examples:
-        console.print(plain(f"  {line}"))
+        _out().print(plain(f"  {line}"))
     if not report.ok:
         print(one_line(f"vggtk: verify: {manifest.root}: {report.skipped.summary()}"), file=sys.stderr)
         raise typer.Exit(code=1)

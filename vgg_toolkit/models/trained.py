@@ -57,7 +57,10 @@ def load_trained(path: str | os.PathLike, device: Any = "cpu", options: Mapping[
     info = read_model_info(weights)
     if info is None:
         raise VggtkError(f"{weights}: records no architecture; convert it with `vggtk convert --arch ...` first")
-    model = build_for(info, weights)
+    try:
+        model = build_for(info, weights)
+    except VggtkError as exc:
+        raise VggtkError(exc if str(weights) in str(exc) else f"{weights}: {exc}") from None
     load_weights(model, weights)
     set_model_info(model, info)
     return prepare_model(model, device, options, command).eval()

@@ -24,6 +24,7 @@ from ..contract.options import check_value
 from ..contract.scale import TrainScale
 from ..errors import VggtkError
 from ..host.manager import get_host
+from ..models.factory import check_options
 
 ON_ERROR = ("fail", "skip")
 
@@ -150,7 +151,14 @@ def parse_config(values: Mapping[str, Any], names: Mapping[str, str] | None = No
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise VggtkError(f"{label(key)}: unknown training option{hint}")
-    return TrainConfig(**out)
+    config = TrainConfig(**out)
+    if config.model:  # the factory's options, checked now that the architecture is known
+        check_options(config.arch, config.model, where=f"{_table_label(label('model'))}.")
+    return config
+
+
+def _table_label(name: str) -> str:
+    return "model" if name.startswith("--") else name
 
 
 def _prefix(name: str, key: str) -> str:

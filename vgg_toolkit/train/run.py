@@ -30,7 +30,7 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     plan = plan_run(config, data_facts(manifest))
     train_pipe = train_pipeline(manifest, crop=plan.input_size, scale=plan.scale)
     source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error)
-    reporter = TrainReporter(run_dir, console or Console())
+    reporter = TrainReporter(run_dir, console or Console(soft_wrap=True))
     result = train(plan, source, run_dir, resume=None if resume == "none" else resume, on_event=reporter)
     if not reporter.is_main:
         return result
