@@ -216,7 +216,7 @@ def test_a_photo_turned_by_its_exif_orientation_is_stored_upright(tmp_path):
               for _, raw, sample in read_all(manifest).values()}
     assert images["turned"].shape == (3, 60, 40) and images["plain"].shape == (3, 40, 60)
     upright = ImageOps.exif_transpose(Image.open(folder / "turned.jpg"))
-    assert torch.equal(images["turned"], torch.from_numpy(np.asarray(upright)).permute(2, 0, 1))
+    assert torch.equal(images["turned"], torch.from_numpy(np.array(upright)).permute(2, 0, 1))
 
 
 def test_colour_statistics_of_a_large_photo_come_from_a_reduced_decode(tmp_path):
@@ -236,7 +236,7 @@ def test_colour_statistics_of_a_large_photo_come_from_a_reduced_decode(tmp_path)
 
 
 def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch):
-    images = _real_grey(2)
+    images = _real_grey(2).copy()
     for i, image in enumerate(images):
         (tmp_path / "src" / f"c{i}").mkdir(parents=True)
         Image.fromarray(image).resize((300, 300)).save(tmp_path / "src" / f"c{i}" / f"{i}.png")

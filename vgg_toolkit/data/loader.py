@@ -100,17 +100,36 @@ def _round_robin(counts: list[int]) -> list[int]:
     return seq
 
 
+@dataclass(frozen=True)
+class ReadSettings:
+    """How one rank reads a split, fixed when its loader is made (see ``make_loader``)."""
+
+    batch_size: int
+    seed: int
+    rank: int
+    world_size: int
+    num_workers: int
+    shuffle: bool
+    shuffle_buffer: int
+    drop_last: bool
+    on_error: str
+    verify: str
+    channels: int | None
+    with_boxes: bool
+    pin_memory: bool
+
+    @property
+    def logical_workers(self) -> int:
+        return max(1, self.num_workers)
+
+
 class ShardDataset(IterableDataset):
     """One rank's share of one epoch, cut among DataLoader workers; yields collated ``Batch`` objects."""
 
-    def __init__(self, refs: list[ShardRef], pipeline: Pipeline, *, num_classes, channels, batch_size, seed,
-                 epoch, rank, world_size, logical_workers, shuffle, shuffle_buffer, drop_last, on_error, verify,
-                 with_boxes, worker_map, start_samples):
-        self.refs, self.pipeline = refs, pipeline
-        self.num_classes, self.channels, self.batch_size = num_classes, channels, batch_size
-        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
-        self.logical_workers, self.shuffle, self.shuffle_buffer = logical_workers, shuffle, shuffle_buffer
-        self.drop_last, self.on_error, self.verify, self.with_boxes = drop_last, on_error, verify, with_boxes
+    def __init__(self, refs: list[ShardRef], pipeline: Pipeline, settings: "ReadSettings", *, num_classes, epoch,
+                 worker_map, start_samples):
+        self.refs, self.pipeline, self.settings = refs, pipeline, settings
+        self.num_classes, self.epoch = num_classes, epoch
         self.worker_map, self.start_samples = worker_map, start_samples
 
     def __iter__(self):
@@ -129,41 +148,42 @@ class ShardDataset(IterableDataset):
         if slot >= len(self.worker_map):
             return
         logical = self.worker_map[slot]
-        pieces = assign(self.refs, self.seed, self.epoch, self.shuffle, self.rank, self.world_size,
-                        logical, self.logical_workers)
+        cfg = self.settings
+        pieces = assign(self.refs, cfg.seed, self.epoch, cfg.shuffle, cfg.rank, cfg.world_size, logical,
+                        cfg.logical_workers)
         n = sum(p.stop - p.start for p in pieces)
-        order = shuffle_order(n, self.shuffle_buffer if self.shuffle else 0,
-                              derive_seed("order", self.seed, self.epoch, self.rank, logical))
+        order = shuffle_order(n, cfg.shuffle_buffer if cfg.shuffle else 0,
+                              derive_seed("order", cfg.seed, self.epoch, cfg.rank, logical))
         log, reported = SkipLog(keep=1000), 0
         limit = n - self.start_samples[logical]
-        if self.drop_last:
-            limit -= limit % self.batch_size
+        if cfg.drop_last:
+            limit -= limit % cfg.batch_size
         emitted, batch = 0, []
 
         def flush(samples):
             nonlocal reported
-            out = _collate(samples, self.with_boxes) if samples else Batch(None, None)
+            out = _collate(samples, cfg.with_boxes) if samples else Batch(None, None)
             out.skipped = dict(log.counts)
             out.skip_examples = log.examples[reported:]
             reported = len(log.examples)
             log.counts.clear()
             return out
 
-        for raw in worker_stream(pieces, order, self.start_samples[logical], self.on_error, log, self.verify):
+        for raw in worker_stream(pieces, order, self.start_samples[logical], cfg.on_error, log, cfg.verify):
             if emitted >= limit:
                 break
             try:
-                sample = parse_sample(raw, self.num_classes, self.channels)
-                sample = self.pipeline(sample, sample_generator(self.seed, self.epoch, sample["key"]))
+                sample = parse_sample(raw, self.num_classes, cfg.channels)
+                sample = self.pipeline(sample, sample_generator(cfg.seed, self.epoch, sample["key"]))
             except DataError as err:
-                handle(err, self.on_error, log)
+                handle(err, cfg.on_error, log)
                 continue
             batch.append(sample)
             emitted += 1
-            if len(batch) == self.batch_size:
+            if len(batch) == cfg.batch_size:
                 yield flush(batch)
                 batch = []
-        if batch and not self.drop_last:
+        if batch and not cfg.drop_last:
             yield flush(batch)
         elif log.counts:
             yield flush([])
@@ -185,33 +205,25 @@ def _worker_init(_):
 class ShardLoader:
     """Iterable over one rank's batches for one epoch. See the module docstring."""
 
-    def __init__(self, refs, manifest, pipeline, *, batch_size, seed, epoch, rank, world_size, num_workers, shuffle,
-                 shuffle_buffer, drop_last, on_error, verify, channels, with_boxes, pin_memory, start_position):
-        self.refs, self.manifest, self.pipeline = refs, manifest, pipeline
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.num_workers, self.shuffle, self.shuffle_buffer = num_workers, shuffle, shuffle_buffer
-        self.drop_last, self.on_error, self.verify = drop_last, on_error, verify
-        self.channels, self.with_boxes, self.pin_memory = channels, with_boxes, pin_memory
+    def __init__(self, refs, manifest, pipeline, settings: "ReadSettings", epoch: int, start_position):
+        self.refs, self.manifest, self.pipeline, self.settings = refs, manifest, pipeline, settings
         self.skipped = SkipLog(keep=20)
         self.set_epoch(epoch, start_position)
 
     # -- sizes ------------------------------------------------------------------------------------
-    @property
-    def logical_workers(self) -> int:
-        return max(1, self.num_workers)
-
     def _worker_batches(self, rank: int) -> list[int]:
         out = []
-        for w in range(self.logical_workers):
-            n = worker_sample_count(self.refs, self.world_size, self.logical_workers, rank, w)
-            out.append(n // self.batch_size if self.drop_last else -(-n // self.batch_size))
+        for w in range(self.settings.logical_workers):
+            n = worker_sample_count(self.refs, self.settings.world_size, self.settings.logical_workers, rank, w)
+            size = self.settings.batch_size
+            out.append(n // size if self.settings.drop_last else -(-n // size))
         return out
 
     def __len__(self) -> int:
         """Batches per epoch on this rank; with drop_last, the same on every rank."""
-        if self.drop_last:
-            return min(sum(self._worker_batches(r)) for r in range(self.world_size))
-        return sum(self._worker_batches(self.rank))
+        if self.settings.drop_last:
+            return min(sum(self._worker_batches(r)) for r in range(self.settings.world_size))
+        return sum(self._worker_batches(self.settings.rank))
 
     @property
     def samples(self) -> int:
@@ -238,9 +250,9 @@ class ShardLoader:
         """Move to ``epoch``; ``start_position`` batches of it are taken as already consumed."""
         if isinstance(start_position, dict):
             for k in ("world_size", "num_workers", "batch_size", "seed"):
-                if k in start_position and start_position[k] != getattr(self, k):
+                if k in start_position and start_position[k] != getattr(self.settings, k):
                     raise VggtkError(f"cannot resume mid-epoch: the position was stored with {k}="
-                                     f"{start_position[k]}, this run has {getattr(self, k)} "
+                                     f"{start_position[k]}, this run has {getattr(self.settings, k)} "
                                      "(use the same setting, or resume at an epoch boundary)")
             if start_position.get("epoch", epoch) != epoch:
                 raise VggtkError(f"the position belongs to epoch {start_position['epoch']}, not {epoch}")
@@ -250,8 +262,8 @@ class ShardLoader:
         if not 0 <= start <= total:
             raise VggtkError(f"start position {start} is outside this epoch's {total} batches")
         self.epoch, self.start, self.position = epoch, start, start
-        seq = _round_robin(self._worker_batches(self.rank))
-        done = [0] * self.logical_workers
+        seq = _round_robin(self._worker_batches(self.settings.rank))
+        done = [0] * self.settings.logical_workers
         for w in seq[:start]:
             done[w] += 1
         # Hand DataLoader worker j the logical worker whose batch would come j-th after the stop, so
@@ -260,44 +272,41 @@ class ShardLoader:
         for w in seq[start:]:
             if w not in order:
                 order.append(w)
-        self._worker_map = order if start else list(range(self.logical_workers))
-        self._start_samples = [d * self.batch_size for d in done]
+        self._worker_map = order if start else list(range(self.settings.logical_workers))
+        self._start_samples = [d * self.settings.batch_size for d in done]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches": self.position, "world_size": self.world_size,
-                "num_workers": self.num_workers, "batch_size": self.batch_size, "seed": self.seed}
+        return {"epoch": self.epoch, "batches": self.position,
+                **{k: getattr(self.settings, k) for k in ("world_size", "num_workers", "batch_size", "seed")}}
 
     # -- iteration --------------------------------------------------------------------------------
     def _dataset(self) -> ShardDataset:
-        return ShardDataset(
-            self.refs, self.pipeline, num_classes=self.num_classes, channels=self.channels,
-            batch_size=self.batch_size, seed=self.seed, epoch=self.epoch, rank=self.rank,
-            world_size=self.world_size, logical_workers=self.logical_workers, shuffle=self.shuffle,
-            shuffle_buffer=self.shuffle_buffer, drop_last=self.drop_last, on_error=self.on_error,
-            verify=self.verify, with_boxes=self.with_boxes, worker_map=self._worker_map,
-            start_samples=self._start_samples)
+        return ShardDataset(self.refs, self.pipeline, self.settings, num_classes=self.num_classes, epoch=self.epoch,
+                            worker_map=self._worker_map, start_samples=self._start_samples)
 
     def _prehash(self) -> None:
         """Check this rank's shards here, once per process: forked workers inherit the cache and do not
         hash them again every epoch. A bad shard is left for the worker to report under the policy."""
-        for w in range(self.logical_workers):
-            for piece in assign(self.refs, self.seed, self.epoch, self.shuffle, self.rank, self.world_size, w,
-                                self.logical_workers):
+        for w in range(self.settings.logical_workers):
+            cfg = self.settings
+            for piece in assign(self.refs, cfg.seed, self.epoch, cfg.shuffle, cfg.rank, cfg.world_size, w,
+                                cfg.logical_workers):
                 try:
-                    check_shard(piece.shard, self.verify)
+                    check_shard(piece.shard, self.settings.verify)
                 except DataError:
                     pass
 
     def __iter__(self):
         dataset = self._dataset()
-        if self.num_workers > 0 and self.verify == "sha256":
+        if self.settings.num_workers > 0 and self.settings.verify == "sha256":
             self._prehash()
-        if self.num_workers > 0:
-            batches = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+        if self.settings.num_workers > 0:
+            batches = DataLoader(dataset, batch_size=None, num_workers=self.settings.num_workers,
+                                 pin_memory=self.settings.pin_memory,
                                  worker_init_fn=_worker_init, prefetch_factor=2)
         else:
             batches = dataset
-        limit = len(self) if self.drop_last else None
+        limit = len(self) if self.settings.drop_last else None
         for batch in batches:
             if batch.error is not None:
                 raise batch.error
@@ -353,11 +362,11 @@ def make_loader(source, split: str = "train", batch_size: int = 128, augment="au
     pipeline = _pipeline(augment, manifest, is_train)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    return ShardLoader(refs, manifest, pipeline, batch_size=batch_size, seed=seed, epoch=epoch, rank=rank,
-                       world_size=world_size, num_workers=num_workers, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
-                       drop_last=drop_last, on_error=on_error, verify=verify,
-                       channels=channels if channels is not None else (manifest.channels if manifest else None),
-                       with_boxes=with_boxes, pin_memory=pin_memory, start_position=start_position)
+    if channels is None and manifest is not None:
+        channels = manifest.channels
+    settings = ReadSettings(batch_size, seed, rank, world_size, num_workers, shuffle, shuffle_buffer, drop_last,
+                            on_error, verify, channels, with_boxes, pin_memory)
+    return ShardLoader(refs, manifest, pipeline, settings, epoch, start_position)
 
 
 def _pipeline(augment, manifest: Manifest | None, is_train: bool) -> Pipeline:
@@ -374,7 +383,8 @@ def _pipeline(augment, manifest: Manifest | None, is_train: bool) -> Pipeline:
     if augment in ("none", None):
         return Pipeline([])
     if isinstance(augment, str):
-        raise VggtkError(f"augment must be auto, train, eval, dense, none, a Pipeline or a list of steps, not {augment!r}")
+        raise VggtkError(f"augment must be auto, train, eval, dense, none, a Pipeline or a list of steps, "
+                         f"not {augment!r}")
     return Pipeline(list(augment))
 
 
