@@ -42,9 +42,17 @@ def test_the_wheel_holds_every_package_of_the_tree(wheel):
 
 
 def test_the_installed_wheel_imports_everything_and_runs(wheel, tmp_path):
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    """A fresh venv, the wheel installed in it with pip; the dependencies (torch and the rest, which pip
+    must not fetch here) are lent from this interpreter's site-packages through a .pth line, which puts
+    them on the path without running their .pth files, so the checkout's editable install stays out."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "lent-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True,
+                   capture_output=True, timeout=300)
     code = (
         "import importlib, pkgutil, vgg_toolkit\n"
         "assert vgg_toolkit.__file__.startswith(%r), vgg_toolkit.__file__\n"
@@ -55,14 +63,11 @@ def test_the_installed_wheel_imports_everything_and_runs(wheel, tmp_path):
         "assert 'vgg_toolkit.plugins.vgg.net' in found and 'vgg_toolkit.kernels.fused_conv' in found, found\n"
         "host = vgg_toolkit.get_host()\n"
         "print(sorted(p for p, info in host.plugins.items() if info.builtin and not info.error))\n"
-    ) % str(target)
-    # -S: no site-packages processing, so the checkout's editable install is not on the path; the
-    # dependencies come from this interpreter's site-packages, after the wheel.
-    env = {"PYTHONPATH": f"{target}:{sysconfig.get_paths()['purelib']}", "TRITON_INTERPRET": "1"}
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                         cwd=tmp_path)
+    ) % str(site)
+    env = {"TRITON_INTERPRET": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == str(["augment", "classification", "evaluators", "transfer", "triton_backend", "vgg"])
-    models = subprocess.run([sys.executable, "-S", "-m", "vgg_toolkit", "models"], capture_output=True, text=True,
-                            env={**env, "COLUMNS": "200"}, timeout=300, cwd=tmp_path)
+    models = subprocess.run([str(venv / "bin" / "vggtk"), "models"], capture_output=True, text=True, env=env,
+                            timeout=300, cwd=tmp_path)
     assert models.returncode == 0 and "138,357,544" in models.stdout, models.stderr[-2000:]
