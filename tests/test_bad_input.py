@@ -58,8 +58,10 @@ def world(shards, trained, tmp_path_factory):
     (w / "boxes.csv").write_text(f"path,label,boxes\n{first},a,\"[[2, 2, 100, 100]]\"\n"
                                  f"{second},b,\"[[20, 20, 2, 2]]\"\n")
     # Shards: a text label; a manifest that under-counts a shard.
-    for name in ("textcls", "undercount"):
+    for name in ("textcls", "undercount", "cutshard"):
         shutil.copytree(shards, w / name)
+    first_shard = sorted((w / "cutshard").glob("train-*"))[0]
+    first_shard.write_bytes(first_shard.read_bytes()[:2000])
     _rewrite_first_label(w / "textcls", b"cat")
     manifest = json.loads((w / "undercount" / "manifest.json").read_text())
     manifest["splits"]["val"]["shards"][0]["samples"] -= 5
@@ -137,6 +139,8 @@ CASES = [
      "--on-error"),
     # shards inspect / verify
     ("inspect a text label", ["shards", "inspect", "{w}/textcls", "--sheet", "{w}/s.png"], ".cls"),
+    ("inspect a truncated shard", ["shards", "inspect", "{w}/cutshard", "--sheet", "{w}/s.png"], "train-000000"),
+    ("train on a truncated shard", ["train", "--data", "{w}/cutshard", "--run-dir", "{w}/r6"], "train-000000"),
     ("inspect with a negative count", ["shards", "inspect", "{shards}", "--count", "-3", "--sheet", "{w}/s.png"],
      "--count"),
     ("inspect over a user's file", ["shards", "inspect", "{shards}", "--sheet", "{user}/notes.txt"], "notes.txt"),
