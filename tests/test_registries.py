@@ -7,7 +7,7 @@ from typer.main import get_command
 
 from cli_runner import vggtk
 from realdata import FASHION_SHARDS, fashion_sample
-from vgg_toolkit import DataFacts, FullyConvolutional, Head, TrainScale, create_model, get_host, model_info
+from vgg_toolkit import BoxTargets, DataFacts, FullyConvolutional, Head, TrainScale, create_model, get_host, model_info
 from vgg_toolkit.cli import build_app
 from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.shards.reader import iter_raw, parse_sample
@@ -80,7 +80,10 @@ def test_every_head_gives_a_differentiable_loss_and_error_counts(name):
     head = get_host().registry("heads").get(name).factory()
     assert isinstance(head, Head)
     outputs = torch.randn(6, head.num_outputs(4), requires_grad=True)
-    targets = torch.tensor([0, 1, 2, 3, 0, 1])
+    targets = labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    if isinstance(head, BoxTargets):  # boxes in a 32 x 32 window, one of each image's class
+        boxes = [torch.tensor([[4.0 + i, 2.0, 20.0 + i, 30.0]]) for i in range(6)]
+        targets = head.box_targets(labels, boxes, [label.reshape(1) for label in labels], 32, 32)
     loss = head.loss(outputs, targets)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()

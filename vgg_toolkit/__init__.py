@@ -11,20 +11,21 @@ This module is the public API: what the built-in plugins use, and all a third-pa
 """
 
 from .cli.options import with_plugin_options
+from .contract.boxes import CORRECT_IOU, area as box_area, decode as decode_boxes, encode as encode_boxes, iou, main_box
 from .contract.data import DataFacts
 from .contract.evaluator import DescribedEvaluator, ScaledEvaluator
-from .contract.model import (FeatureTaps, FullyConvolutional, ModelInfo, ReceptiveField, WarmStart, WeightLayouts,
-                             find_model_info, model_info, set_model_info)
+from .contract.model import (FeatureTaps, FinetuneScopes, FullyConvolutional, ModelInfo, ReceptiveField, WarmStart,
+                             WeightLayouts, find_model_info, model_info, set_model_info)
 from .contract.options import OptionSpec
 from .contract.scale import TrainScale, parse_test_scales
-from .contract.task import Head
+from .contract.task import BoxTargets, Head
 from .data.bundled import resolve_data
 from .data.decode import LazyImage, add_offset, crop, hflip, image_size, resize
 from .data.errors import DataError, check_policy
 from .data.loader import make_loader, normalize_on_device, read_split
 from .data.shards.manifest import Manifest
 from .errors import RegistryError, VggtkError, WeightsError
-from .evaluation.geometry import (center_crop, center_trim, center_view, crop_at, grid_positions, rescale, rescaled_size,
+from .evaluation.geometry import (center_crop, center_trim, center_view, center_view_boxes, crop_at, grid_positions, rescale, rescaled_size,
                                   test_scales_for)
 from .evaluation.metrics import topk_errors, topk_misses
 from .evaluation.on_shards import check_fits_data, evaluate_on_shards, normalising_mean
@@ -44,16 +45,18 @@ from .version import __version__
 
 __all__ = [
     # plugins
-    "hookimpl", "get_host", "OptionSpec", "Head", "DataFacts", "with_plugin_options",
+    "hookimpl", "get_host", "OptionSpec", "Head", "BoxTargets", "DataFacts", "with_plugin_options",
     # errors
     "VggtkError", "RegistryError", "WeightsError", "DataError", "check_policy",
     # models
     "create_model", "list_models", "prepare_model", "load_trained", "initialise_from", "load_weights",
     "save_weights", "read_model_info", "save_safetensors", "model_stats", "model_form", "require_fully_conv",
     "BatchSlicedDropout", "ModelInfo", "model_info", "find_model_info", "set_model_info",
-    "FullyConvolutional", "FeatureTaps", "WeightLayouts", "WarmStart", "ReceptiveField",
+    "FullyConvolutional", "FeatureTaps", "WeightLayouts", "WarmStart", "ReceptiveField", "FinetuneScopes",
+    # boxes
+    "CORRECT_IOU", "box_area", "encode_boxes", "decode_boxes", "iou", "main_box",
     # scales and test-time geometry
-    "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "center_view", "test_scales_for",
+    "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "center_view", "center_view_boxes", "test_scales_for",
     # data
     "Manifest", "resolve_data", "read_split", "make_loader", "normalize_on_device",
     "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size",

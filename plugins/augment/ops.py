@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from vgg_toolkit import DataError, LazyImage, TrainScale, add_offset, crop, hflip, image_size, resize
+from vgg_toolkit import (DataError, LazyImage, TrainScale, add_offset, box_area, crop, hflip, image_size, main_box,
+                         resize)
 
 
 def _where(sample: dict) -> tuple[str | None, str | None]:
@@ -70,6 +71,14 @@ def _crop_boxes(sample: dict, x: int, y: int, w: int, h: int) -> None:
     _set_boxes(sample, b, (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
 
 
+def _kept(box: torch.Tensor, x: int, y: int, size: int) -> float:
+    """The fraction of ``box``'s area inside the ``size`` square crop at (x, y)."""
+    window = torch.tensor([x, y, x + size, y + size], dtype=box.dtype)
+    inside = torch.cat([torch.maximum(box[:2], window[:2]), torch.minimum(box[2:], window[2:])])
+    whole = float(box_area(box))
+    return float(box_area(inside)) / whole if whole > 0 else 0.0
+
+
 class _Crop:
     lazy_ok = True
 
@@ -88,12 +97,35 @@ class _Crop:
 
 
 class RandomCrop(_Crop):
-    """One random ``size`` x ``size`` crop (224 in the paper; 32 for 28x28 Fashion-MNIST rescaled up)."""
+    """One random ``size`` x ``size`` crop (224 in the paper; 32 for 28x28 Fashion-MNIST rescaled up).
+
+    With boxes, the crop must keep at least ``min_visible`` of the sample's object (its largest box of
+    its own class): up to ``tries`` crops are drawn, from the sample's own generator (so the same crop
+    for the same sample in every run), and the first that keeps enough is taken, else the one that
+    keeps the most. Without boxes one crop is drawn, as always.
+    """
+
+    def __init__(self, size: int, min_visible: float = 0.5, tries: int = 10):
+        super().__init__(size)
+        if not 0.0 <= min_visible <= 1.0 or tries < 1:
+            raise ValueError(f"random_crop: min_visible must lie in [0, 1] and tries be >= 1, got {min_visible}, {tries}")
+        self.min_visible, self.tries = min_visible, tries
 
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
         w, h = self._check(sample)
-        x = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
-        y = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
+        target = None
+        if "boxes" in sample and len(sample["boxes"]):
+            target = main_box(sample["boxes"], sample["box_labels"], sample["label"])
+        best = None
+        for _ in range(self.tries if target is not None else 1):
+            x = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
+            y = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
+            kept = 1.0 if target is None else _kept(target, x, y, self.size)
+            if best is None or kept > best[2]:
+                best = (x, y, kept)
+            if kept >= self.min_visible:
+                break
+        x, y, _ = best
         sample["image"] = crop(sample["image"], x, y, self.size, self.size)
         _crop_boxes(sample, x, y, self.size, self.size)
         return sample

@@ -116,6 +116,7 @@ class VGG(nn.Module):
     feature_taps = TAPS
     weight_layouts = LAYOUTS
     output_stride = 32  # five 2x2 max-pools
+    finetune_scopes = ("all", "fc")
 
     def __init__(self, config: str = "D", num_classes: int = 1000, in_chans: int = 3, width: float = 1.0,
                  fc_dim: int = 4096, input_size: int = 224, batch_norm: bool = False, lrn: bool = False,
@@ -219,6 +220,11 @@ class VGG(nn.Module):
                 field += (m.kernel_size - 1) * jump
                 jump *= m.stride
         return field
+
+    def finetune_parameters(self, scope: str):
+        """``all``: every parameter; ``fc``: FC6, FC7 and the last layer (the paper's "fine-tuning of the
+        fully-connected layers only", Table 8)."""
+        return self.parameters() if scope == "all" else self.classifier.parameters()
 
     # --- starting from a trained net --------------------------------------------------------
     def warm_start(self, tensors, source: ModelInfo) -> list[str]:

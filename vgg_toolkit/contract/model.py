@@ -161,6 +161,15 @@ class WarmStart(Protocol):
 
 
 @runtime_checkable
+class FinetuneScopes(Protocol):
+    """Parts of the network that can be trained alone, the rest frozen (``vggtk train --finetune``)."""
+
+    finetune_scopes: tuple[str, ...]
+
+    def finetune_parameters(self, scope: str) -> Iterable[nn.Parameter]: ...
+
+
+@runtime_checkable
 class ReceptiveField(Protocol):
     def receptive_field(self) -> int:
         """Receptive field, in input pixels, of one unit of the last conv block."""

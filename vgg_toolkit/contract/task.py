@@ -24,3 +24,14 @@ class Head(Protocol):
     def error_counts(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """For each error measure, how many samples of the batch it counts wrong, as integer tensors
         (counted on the device, without a host sync); the loop sums them over the split."""
+
+
+@runtime_checkable
+class BoxTargets(Protocol):
+    """A head that learns from boxes (localisation). The data then carries each image's boxes, moved
+    with the image through the augmentation (training) or the centre view (validation), and the head
+    turns them into its targets; other heads get the labels as targets."""
+
+    def box_targets(self, labels: torch.Tensor, boxes: list[torch.Tensor], box_labels: list[torch.Tensor],
+                    height: int, width: int) -> torch.Tensor:
+        """Targets for a batch: ``boxes[i]`` xyxy in pixels of image i's ``height`` x ``width`` window."""

@@ -407,7 +407,7 @@ def normalize_on_device(images: torch.Tensor, mean, scale: float = 1.0 / 255.0,
 
 
 def read_split(data, split: str, *, batch_size: int = 64, workers: int = 0, on_error: str = "fail",
-               limit: int | None = None, skipped: SkipLog | None = None) -> Iterator[Batch]:
+               limit: int | None = None, skipped: SkipLog | None = None, with_boxes: bool = False) -> Iterator[Batch]:
     """Every image of a split once, in shard order, decoded with no augmentation: for evaluation, feature
     extraction and in-memory training. Batches hold ``batch_size`` images of one size; when a split's
     images differ in size they come one at a time (a batch is never padded). At most ``limit`` images.
@@ -418,13 +418,15 @@ def read_split(data, split: str, *, batch_size: int = 64, workers: int = 0, on_e
         raise VggtkError(f"limit must be at least 1, got {limit}")
     loader = make_loader(manifest, split, batch_size=batch_size if manifest.uniform_side else 1, augment="none",
                          shuffle=False, drop_last=False, rank=0, world_size=1, num_workers=workers,
-                         on_error=on_error)
+                         on_error=on_error, with_boxes=with_boxes)
     seen = 0
     try:
         for batch in loader:
             if limit is not None and seen + len(batch) > limit:
                 keep = limit - seen
-                batch = Batch(batch.images[:keep], batch.labels[:keep], batch.keys[:keep])
+                batch = Batch(batch.images[:keep], batch.labels[:keep], batch.keys[:keep],
+                              batch.boxes[:keep] if batch.boxes is not None else None,
+                              batch.box_labels[:keep] if batch.box_labels is not None else None, batch.with_boxes)
             yield batch
             seen += len(batch)
             if limit is not None and seen >= limit:

@@ -87,6 +87,15 @@ def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     return crop_at(x, grid_positions(x.shape[-2], crop, 1)[0], grid_positions(x.shape[-1], crop, 1)[0], crop)
 
 
+def center_view_boxes(boxes: torch.Tensor, height: int, width: int, q: int, crop: int) -> torch.Tensor:
+    """Boxes (n, 4) of a ``height`` x ``width`` image, in pixels of its ``center_view`` window, clipped."""
+    q = max(q, crop)
+    h, w = rescaled_size(height, width, q, crop)
+    top, left = grid_positions(h, crop, 1)[0], grid_positions(w, crop, 1)[0]
+    scale = boxes.new_tensor([w / width, h / height, w / width, h / height])
+    return (boxes * scale - boxes.new_tensor([left, top, left, top])).clamp(0, crop)
+
+
 def center_view(images: torch.Tensor, q: int, crop: int) -> torch.Tensor:
     """The paper's single-crop view: rescale to Q (raised to the crop when smaller), take the centre crop."""
     return center_crop(rescale(images, max(q, crop), crop), crop)

@@ -68,11 +68,14 @@ def load_trained(path: str | os.PathLike, device: Any = "cpu", options: Mapping[
 
 def initialise_from(model: nn.Module, source: str | os.PathLike) -> list[str]:
     """Start ``model`` from a trained net (Sec. 3.1): every tensor when it is the same architecture (or a
-    file that records none), else what the architecture's ``warm_start`` takes from another of its
-    family. Returns the names of the layers copied."""
+    file that records none); the same architecture with another last layer (a localisation head started
+    from a classifier, Appendix A) gets everything but that layer, which keeps its random init; another
+    architecture of the family, what its ``warm_start`` takes. Returns the names of the layers copied."""
     weights = weights_file(source)
     theirs = read_model_info(weights)
     ours = model_info(model)
+    if theirs is not None and theirs.arch == ours.arch and theirs.num_outputs != ours.num_outputs:
+        return _all_but_the_last_layer(model, weights)
     if theirs is None or theirs.arch == ours.arch:
         load_weights(model, weights)
         return sorted({k.rsplit(".", 1)[0] for k in model.state_dict() if not k.endswith("num_batches_tracked")})
@@ -85,3 +88,19 @@ def initialise_from(model: nn.Module, source: str | os.PathLike) -> list[str]:
         return model.warm_start(tensors, theirs)
     except WeightsError as exc:
         raise WeightsError(f"{weights}: cannot initialise {ours.arch} from {theirs.arch}: {exc}") from None
+
+
+def _all_but_the_last_layer(model: nn.Module, weights: Path) -> list[str]:
+    """Every tensor of ``weights`` into ``model`` but those of its last layer (the last two entries of the
+    state_dict, weight and bias), which differ in width; any other difference is an error."""
+    tensors = read_tensors(weights)
+    check_values(tensors, str(weights))
+    ours = model.state_dict()
+    last = set(list(ours)[-2:])
+    keep = {k: t for k, t in tensors.items() if k not in last}
+    problems = fit_problems({k: tuple(v.shape) for k, v in ours.items() if k not in last},
+                            {k: tuple(t.shape) for k, t in keep.items()})
+    if problems:
+        raise WeightsError(f"{weights}: only the last layer may differ, but: " + "; ".join(problems[:3]))
+    model.load_state_dict(keep, strict=False)
+    return sorted({k.rsplit(".", 1)[0] for k in keep if not k.endswith("num_batches_tracked")})

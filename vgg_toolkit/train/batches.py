@@ -2,8 +2,10 @@
 provide it. ``InMemorySource`` holds a split decoded once (the bundled demo shards, Fashion-MNIST);
 ``ShardSource`` streams the shards every epoch, for data that does not fit in memory.
 
-Both hand out uint8 NCHW batches; normalisation happens on the device. Validation batches are whole
-images (not crops): the loop takes the paper's centre view of them, as ``vggtk eval center`` does.
+Both hand out ``Batch`` objects (uint8 NCHW ``images``, ``labels``, and for a head that learns from
+boxes, each image's ``boxes`` and ``box_labels``); normalisation happens on the device. Validation
+batches are whole images (not crops): the loop takes the paper's centre view of them, as
+``vggtk eval center`` does. Boxes need the streaming source (in memory, only images and labels).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 import torch
 
 from ..data.errors import SkipLog, check_labels
-from ..data.loader import make_loader, normalize_on_device, read_split
+from ..data.loader import Batch, make_loader, normalize_on_device, read_split
 from ..data.shards.manifest import Manifest
 from ..data.shards.reader import sample_generator
 from ..runtime.distributed import DistEnv
@@ -34,10 +36,10 @@ class BatchSource(Protocol):
         """Global batches per epoch (the same on every rank)."""
 
     def train_batches(self, epoch: int, start: int, env: DistEnv, global_batch: int,
-                      micro_batch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+                      micro_batch: int) -> Iterable[Batch]:
         """This rank's micro-batches of the epoch from global batch ``start`` on."""
 
-    def val_batches(self, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(self, batch_size: int) -> Iterable[Batch]:
         """The whole validation split as same-size batches of whole images."""
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -88,7 +90,7 @@ class InMemorySource:
         return len(self.train_images) // global_batch  # the last partial batch is dropped
 
     def train_batches(self, epoch: int, start: int, env: DistEnv, global_batch: int,
-                      micro_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      micro_batch: int) -> Iterator[Batch]:
         order = torch.randperm(len(self.train_images),
                                generator=torch.Generator().manual_seed(derived_seed(self.seed, "order", epoch)))
         per_rank = global_batch // env.world_size
@@ -99,11 +101,11 @@ class InMemorySource:
                 images, labels = self.train_images[index], self.train_labels[index]
                 if self.train_transform is not None:
                     images = self._augment(images, labels, epoch, index)
-                yield images, labels
+                yield Batch(images, labels)
 
-    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
         for i in range(0, len(self.val_images), batch_size):
-            yield self.val_images[i:i + batch_size], self.val_labels[i:i + batch_size]
+            yield Batch(self.val_images[i:i + batch_size], self.val_labels[i:i + batch_size])
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize_on_device(images, self.mean)
@@ -131,8 +133,10 @@ class ShardSource:
     Ranks read disjoint ranges of samples, so DDP sees the same samples per epoch as one process but
     grouped into different global batches (the in-memory source keeps the groups too)."""
 
-    def __init__(self, manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str):
+    def __init__(self, manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str,
+                 with_boxes: bool = False):
         self.manifest, self.seed, self.workers, self.on_error = manifest, seed, workers, on_error
+        self.with_boxes = with_boxes
         self.train_transform = train_transform
         self.mean = manifest.stats.mean_rgb_255
         self._skipped = SkipLog()
@@ -148,7 +152,8 @@ class ShardSource:
     def _train_loader(self, epoch: int, env: DistEnv, micro_batch: int, start: int = 0):
         return make_loader(self.manifest, "train", batch_size=micro_batch, augment=self.train_transform,
                            seed=self.seed, epoch=epoch, rank=env.rank, world_size=env.world_size,
-                           num_workers=self.workers, on_error=self.on_error, start_position=start)
+                           num_workers=self.workers, on_error=self.on_error, start_position=start,
+                           with_boxes=self.with_boxes)
 
     def num_batches(self, global_batch: int, env: DistEnv, micro_batch: int) -> int:
         accum = global_batch // (env.world_size * micro_batch)
@@ -158,16 +163,15 @@ class ShardSource:
         accum = global_batch // (env.world_size * micro_batch)
         limit = (self.num_batches(global_batch, env, micro_batch) - start) * accum
         loader = self._train_loader(epoch, env, micro_batch, start * accum)
-        for i, (images, labels) in enumerate(loader):
+        for i, batch in enumerate(loader):
             if i >= limit:
                 break
-            yield images, labels
+            yield batch
         self._skipped.merge(loader.skipped.counts, loader.skipped.examples)
 
     def val_batches(self, batch_size):
-        for batch in read_split(self.manifest, "val", batch_size=batch_size, workers=self.workers,
-                                on_error=self.on_error):
-            yield batch.images, batch.labels
+        yield from read_split(self.manifest, "val", batch_size=batch_size, workers=self.workers,
+                              on_error=self.on_error, with_boxes=self.with_boxes)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize_on_device(images, self.mean)
@@ -176,10 +180,13 @@ class ShardSource:
 IN_MEMORY_LIMIT = 2 << 30  # decoded bytes of the training split below which it is decoded once, up front
 
 
-def source_for(manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str) -> BatchSource:
-    """In memory when every image has one size and the training split fits in IN_MEMORY_LIMIT; else streamed."""
+def source_for(manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str,
+               with_boxes: bool = False) -> BatchSource:
+    """In memory when every image has one size, the training split fits in IN_MEMORY_LIMIT and no boxes
+    are needed; else streamed."""
     side = manifest.uniform_side
-    if side is not None and manifest.samples("train") * manifest.channels * side ** 2 < IN_MEMORY_LIMIT:
+    if not with_boxes and side is not None and manifest.samples("train") * manifest.channels * side ** 2 \
+            < IN_MEMORY_LIMIT:
         return InMemorySource.from_shards(manifest, train_transform, seed, workers, on_error)
-    return ShardSource(manifest, train_transform, seed, workers, on_error)
+    return ShardSource(manifest, train_transform, seed, workers, on_error, with_boxes)
 

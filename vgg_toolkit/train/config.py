@@ -82,6 +82,8 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model.", None, True)
     init_from: str | None = option(None, "Checkpoint or weights to start from (fine-tune, or a shallower net "
                                          "of the same family, e.g. A -> D).", None, True)
+    finetune: str = option("all", "Which parameters train: all, or fc (the fully-connected layers only, the "
+                                  "rest frozen; where the architecture offers it).")
     workers: int = option(0, "Decoding worker processes while loading the shards.", _at_least(0), True)
     on_error: str = option("fail", "Corrupt samples: fail | skip (skipped ones are counted).", None, True, ON_ERROR)
     runtime: Mapping[str, Any] = option(None, "Runtime options declared by plugins (e.g. conv_backend).", None, True)

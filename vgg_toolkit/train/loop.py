@@ -23,7 +23,8 @@ from torch import nn
 
 from ..contract.model import model_info, set_model_info
 from ..errors import VggtkError
-from ..evaluation.geometry import center_view
+from ..contract.task import BoxTargets
+from ..evaluation.geometry import center_view, center_view_boxes
 from ..host.manager import get_host
 from ..models.factory import create_model, prepare_model
 from ..models.forms import model_form
@@ -48,7 +49,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weights only: biases and normalisation scales are not penalised."""
     decay, no_decay = [], []
     for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
+        if p.requires_grad:  # frozen parameters (--finetune fc) are not the optimizer's
+            (decay if p.ndim > 1 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -99,6 +101,7 @@ class _Run:
         if self.batches_per_epoch < 1:
             raise VggtkError(f"the training split holds fewer samples than one global batch of {self.config.batch_size}")
         self.head = plan.head()
+        self.box_head = isinstance(self.head, BoxTargets)
         torch.manual_seed(derived_seed(self.config.seed, "init"))  # the same initial weights on every rank
         self.model = create_model(plan.arch, num_classes=plan.num_outputs, **plan.model_options)
         self.info = model_info(self.model).trained_on(plan.facts.classes, plan.scale, plan.facts.mean_rgb,
@@ -133,6 +136,10 @@ class _Run:
         # NHWC is faster for these convs on CUDA (cuDNN, the Triton kernels) and on CPU too (oneDNN:
         # 1.24x a training step of the half-width VGG-A at batch 128, 2-core EPYC).
         self.model = self.model.to(memory_format=torch.channels_last)
+        if self.config.finetune != "all":  # the rest of the net is frozen
+            trained = {id(p) for p in self.model.finetune_parameters(self.config.finetune)}
+            for p in self.model.parameters():
+                p.requires_grad_(id(p) in trained)
         self.optimizer = torch.optim.SGD(param_groups(self.model, self.config.weight_decay), lr=self.schedule.lr,
                                          momentum=self.config.momentum)
         if ckpt is not None:
@@ -197,7 +204,7 @@ class _Run:
     def _step(self, micro: list) -> None:
         loss_sum = torch.zeros((), device=self.device)
         per_rank = self.config.batch_size // self.env.world_size
-        for i, (images, targets) in enumerate(micro):
+        for i, batch in enumerate(micro):
             # Every micro-batch of every rank starts from the step's seed and keeps its own rows of the
             # global dropout masks: one process, N ranks and accumulation agree exactly.
             torch.manual_seed(derived_seed(self.config.seed, "step", self.state["step"]))
@@ -205,8 +212,9 @@ class _Run:
             sync = contextlib.nullcontext() if last or not self.env.enabled else self.net.no_sync()
             rows = global_rows(self.model, self.env.rank * per_rank + i * self.micro_batch, self.config.batch_size)
             with sync, rows, mixed_precision(self.device):
-                x = self.source.normalize(images.to(self.device, non_blocking=True))
+                x = self.source.normalize(batch.images.to(self.device, non_blocking=True))
                 outputs = self.net(x.contiguous(memory_format=torch.channels_last))
+                targets = self._targets(batch, batch.boxes, *x.shape[-2:])
                 loss = self.head.loss(outputs, targets.to(self.device, non_blocking=True)) / len(micro)
                 loss.backward()
             loss_sum += loss.detach()
@@ -267,15 +275,25 @@ class _Run:
         counts: dict[str, torch.Tensor] = {}
         n = 0
         with torch.no_grad(), model_form(self.model, fully_conv=False), mixed_precision(self.device):
-            for images, targets in self.source.val_batches(self.micro_batch):
-                x = center_view(self.source.normalize(images.to(self.device, non_blocking=True)), q, crop)
+            for batch in self.source.val_batches(self.micro_batch):
+                height, width = batch.images.shape[-2:]
+                x = center_view(self.source.normalize(batch.images.to(self.device, non_blocking=True)), q, crop)
                 outputs = self.model(x.contiguous(memory_format=torch.channels_last)).float()
-                for key, count in self.head.error_counts(outputs, targets.to(self.device)).items():
+                boxes = None if batch.boxes is None else [center_view_boxes(b, height, width, q, crop)
+                                                          for b in batch.boxes]
+                targets = self._targets(batch, boxes, crop, crop).to(self.device)
+                for key, count in self.head.error_counts(outputs, targets).items():
                     counts[key] = counts.get(key, 0) + count
-                n += len(targets)
+                n += len(batch.labels)
         if n == 0:
             raise VggtkError("the validation split is empty: the schedule has nothing to watch")
         return {key: 100 * int(count) / n for key, count in counts.items()}
+
+    def _targets(self, batch, boxes, height: int, width: int) -> torch.Tensor:
+        """The labels, or, for a head that learns from boxes, what it makes of the boxes in the window."""
+        if self.box_head:
+            return self.head.box_targets(batch.labels, boxes, batch.box_labels, height, width)
+        return batch.labels
 
     # -- checkpoints and reports -------------------------------------------------------------------
     def _save(self, is_best: bool = False) -> None:

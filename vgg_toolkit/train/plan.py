@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from ..contract.data import DataFacts
+from ..contract.model import FinetuneScopes
 from ..contract.scale import TrainScale
 from ..contract.task import Head
 from ..errors import VggtkError
@@ -86,7 +87,10 @@ def plan_run(config: TrainConfig, facts: DataFacts) -> RunPlan:
     scale.check_crop(crop)
     head = make_head(config.head)
     with torch.device("meta"):  # the factory's own checks (a dropout of 1.5...) now, for nothing
-        create_model(entry.name, num_classes=head.num_outputs(facts.num_classes), **options)
+        skeleton = create_model(entry.name, num_classes=head.num_outputs(facts.num_classes), **options)
+    scopes = skeleton.finetune_scopes if isinstance(skeleton, FinetuneScopes) else ("all",)
+    if config.finetune not in scopes:
+        raise VggtkError(f"--finetune {config.finetune}: {entry.name} can train {' or '.join(scopes)}")
     lr = config.lr if config.lr is not None else (
         FINE_TUNE_LR if config.init_from and _same_architecture(config.init_from, entry.name) else DEFAULT_LR)
     return RunPlan(config, facts, entry.name, options, head.num_outputs(facts.num_classes), scale, lr)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..contract.task import BoxTargets
 from ..data.bundled import resolve_data
 from ..data.facts import data_facts
 from ..data.pipeline import train_pipeline
@@ -29,12 +30,13 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     manifest = Manifest.load(resolve_data(config.data))
     plan = plan_run(config, data_facts(manifest))
     train_pipe = train_pipeline(manifest, crop=plan.input_size, scale=plan.scale)
-    source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error)
+    source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error,
+                        with_boxes=isinstance(plan.head(), BoxTargets))
     reporter = TrainReporter(run_dir, console or Console(soft_wrap=True))
     result = train(plan, source, run_dir, resume=None if resume == "none" else resume, on_event=reporter)
     if not reporter.is_main:
         return result
-    if "test" in manifest.splits:
+    if "test" in manifest.splits and not isinstance(plan.head(), BoxTargets):
         best = run_dir / "best"
         model = load_trained(best if best.is_dir() else Path(result["checkpoint"]), pick_device(config.device),
                              config.runtime, command="train")

@@ -1,0 +1,124 @@
+"""Localisation (Appendix A): box conventions, boxes through the augmentation and the crop policy, the
+SCR / PCR heads, and a localisation head fine-tuned from a classifier on the bundled photo shards."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import vgg_toolkit as vt
+from cli_runner import vggtk
+from vgg_toolkit.data.pipeline import Pipeline
+from vgg_toolkit.data.shards.manifest import Manifest
+from vgg_toolkit.data.shards.reader import iter_raw, parse_sample
+from vgg_toolkit.plugins.localisation.heads import RegressionHead
+
+SHARDS = Path(__file__).resolve().parents[1] / "shards" / "localisation"
+
+
+# --- boxes ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("a,b,expected", [
+    ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),          # the same
+    ([0, 0, 10, 10], [10, 0, 20, 10], 0.0),         # touching: no overlap
+    ([0, 0, 10, 10], [2, 2, 6, 6], 16 / 100),       # nested
+    ([0, 0, 10, 10], [20, 20, 30, 30], 0.0),        # disjoint
+    ([0, 0, 10, 10], [5, 0, 15, 10], 50 / 150),     # half
+    ([0, 0, 0, 0], [0, 0, 0, 0], 0.0),              # degenerate: no area, no overlap
+    ([4, 4, 2, 2], [0, 0, 10, 10], 0.0),            # inverted: no area
+])
+def test_iou_on_hand_cases(a, b, expected):
+    assert vt.iou(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)).item() == \
+        pytest.approx(expected)
+
+
+def test_a_box_is_encoded_relative_to_its_window_and_decoded_back():
+    box = torch.tensor([[8.0, 4.0, 24.0, 12.0]])
+    code = vt.encode_boxes(box, 16, 32)  # a 16-high, 32-wide window
+    assert code.tolist() == [[0.5, 0.5, 0.5, 0.5]]
+    assert torch.equal(vt.decode_boxes(code, 16, 32), box)
+
+
+def test_the_centre_view_moves_boxes_as_it_moves_the_image():
+    # A 60 x 90 image rescaled to Q = 40 is 40 x 60; the 32 centre crop starts at (top 4, left 14).
+    boxes = torch.tensor([[30.0, 15.0, 60.0, 45.0], [0.0, 0.0, 90.0, 60.0]])
+    moved = vt.center_view_boxes(boxes, 60, 90, 40, 32)
+    expected = torch.tensor([[20 - 14, 10 - 4, 40 - 14, 30 - 4], [0, 0, 32, 32]], dtype=torch.float32)
+    torch.testing.assert_close(moved, expected)
+
+
+def photo_sample(index: int = 0) -> dict:
+    manifest = Manifest.load(SHARDS)
+    raws = iter_raw(str(manifest.shard_paths("train")[0]))
+    for _ in range(index):
+        next(raws)
+    return parse_sample(next(raws), manifest.num_classes)
+
+
+def test_the_crop_keeps_enough_of_the_object_the_same_way_every_time(host):
+    crop = Pipeline([("rescale", {"size": 256}), ("random_crop", {"size": 96, "min_visible": 0.9, "tries": 50})])
+    plain = Pipeline([("rescale", {"size": 256}), ("random_crop", {"size": 96, "tries": 1, "min_visible": 0.0})])
+    kept, plain_kept = [], []
+    for i in range(12):
+        sample = photo_sample(i)
+        target = vt.main_box(sample["boxes"], sample["box_labels"], sample["label"])
+        whole = float(vt.box_area(target)) * (256 / 192) ** 2  # the 256 x 192 canvas rescaled to S = 256
+        out = crop(photo_sample(i), torch.Generator().manual_seed(i))
+        again = crop(photo_sample(i), torch.Generator().manual_seed(i))
+        assert torch.equal(out["image"], again["image"]) and torch.equal(out["boxes"], again["boxes"])
+        box = vt.main_box(out["boxes"], out["box_labels"], out["label"])
+        kept.append(float(vt.box_area(box)) / whole)
+        loose = plain(photo_sample(i), torch.Generator().manual_seed(i))
+        loose_box = vt.main_box(loose["boxes"], loose["box_labels"], loose["label"])
+        plain_kept.append(0.0 if loose_box is None else float(vt.box_area(loose_box)) / whole)
+    # Objects too big for a 96-pixel crop keep what fits; the policy never keeps less than one try.
+    assert sum(kept) > sum(plain_kept) and min(k - p for k, p in zip(kept, plain_kept)) > -1e-6
+
+
+# --- heads ----------------------------------------------------------------------------------------------------
+def test_the_heads_size_their_last_layer_and_pcr_trains_only_the_true_class_box():
+    scr, pcr = RegressionHead(per_class=False), RegressionHead(per_class=True)
+    assert (scr.num_outputs(7), pcr.num_outputs(7)) == (4, 28)
+    targets = pcr.box_targets(torch.tensor([2, 0]), [torch.tensor([[8.0, 8.0, 24.0, 24.0]]),
+                                                       torch.tensor([[0.0, 0.0, 16.0, 32.0]])],
+                              [torch.tensor([2]), torch.tensor([0])], 32, 32)
+    assert targets.tolist() == [[2, 0.5, 0.5, 0.5, 0.5], [0, 0.25, 0.5, 0.5, 1.0]]
+    outputs = torch.randn(2, 28, requires_grad=True)
+    pcr.loss(outputs, targets).backward()
+    used = outputs.grad.view(2, 7, 4).abs().sum(2) > 0
+    assert used.tolist() == [[c == 2 for c in range(7)], [c == 0 for c in range(7)]]
+
+
+def test_localisation_error_counts_boxes_under_half_overlap():
+    scr = RegressionHead(per_class=False)
+    targets = torch.tensor([[0, 0.5, 0.5, 0.5, 0.5], [1, 0.5, 0.5, 0.5, 0.5], [1, float("nan"), 0, 0, 0]])
+    outputs = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.5, 0.5]])
+    assert int(scr.error_counts(outputs, targets)["loc_err"]) == 2  # exact; too small (IoU 0.16); no box
+
+
+# --- training ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cls")
+    result = vggtk("train", "--data", SHARDS, "--run-dir", run, "--width", 0.25, "--fc-dim", 64, "--batch-size", 32,
+                   "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    return run / "best"
+
+
+@pytest.mark.parametrize("head,finetune", [("scr", "all"), ("pcr", "fc")])
+def test_a_localisation_head_fine_tunes_from_the_classifier(classifier, tmp_path, head, finetune):
+    result = vggtk("train", "--data", SHARDS, "--run-dir", tmp_path, "--head", head, "--init-from", classifier,
+                   "--finetune", finetune, "--width", 0.25, "--fc-dim", 64, "--batch-size", 32, "--epochs", 2,
+                   "--lr", 0.01)
+    assert result.exit_code == 0, result.output
+    assert "classifier.fc8" not in result.output.split("initialised from")[1].splitlines()[0]  # the new layer
+    epochs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] == "epoch"]
+    assert all(e["monitor"] == "val_loc_err" and 0 <= e["val_loc_err"] <= 100 for e in epochs)
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    before, after = vt.load_trained(classifier), vt.load_trained(tmp_path / "best")
+    assert vt.model_info(after).head == head and vt.model_info(after).num_outputs == (4 if head == "scr" else 28)
+    conv_same = torch.equal(before.features.block1.conv1.weight, after.features.block1.conv1.weight)
+    assert conv_same == (finetune == "fc")  # --finetune fc leaves the conv layers as they were
+    assert not torch.equal(before.classifier.fc7.weight, after.classifier.fc7.weight)
