@@ -43,7 +43,7 @@ def test_the_centre_view_moves_boxes_as_it_moves_the_image():
     # A 60 x 90 image rescaled to Q = 40 is 40 x 60; the 32 centre crop starts at (top 4, left 14).
     boxes = torch.tensor([[30.0, 15.0, 60.0, 45.0], [0.0, 0.0, 90.0, 60.0]])
     moved = vt.center_view_boxes(boxes, 60, 90, 40, 32)
-    expected = torch.tensor([[20 - 14, 10 - 4, 40 - 14, 30 - 4], [0, 0, 32, 32]], dtype=torch.float32)
+    expected = torch.tensor([[20 - 14, 10 - 4, 40 - 14, 30 - 4], [-14, -4, 60 - 14, 40 - 4]], dtype=torch.float32)
     torch.testing.assert_close(moved, expected)
 
 
@@ -117,8 +117,69 @@ def test_a_localisation_head_fine_tunes_from_the_classifier(classifier, tmp_path
               if json.loads(line)["event"] == "epoch"]
     assert all(e["monitor"] == "val_loc_err" and 0 <= e["val_loc_err"] <= 100 for e in epochs)
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    # The run ends with the localisation protocols on the test split, beside the centre-box baseline.
+    assert "localisation error (%)" in result.output and "test centre box" in result.output
     before, after = vt.load_trained(classifier), vt.load_trained(tmp_path / "best")
     assert vt.model_info(after).head == head and vt.model_info(after).num_outputs == (4 if head == "scr" else 28)
     conv_same = torch.equal(before.features.block1.conv1.weight, after.features.block1.conv1.weight)
     assert conv_same == (finetune == "fc")  # --finetune fc leaves the conv layers as they were
     assert not torch.equal(before.classifier.fc7.weight, after.classifier.fc7.weight)
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+class ConstantBox(torch.nn.Module):
+    """A 'network' that answers every window with the same box code: the protocol's geometry alone then
+    decides where that box lands in each image, which the test computes independently."""
+
+    def __init__(self, num_classes=4, *, in_chans=3, input_size=224, code=(0.5, 0.5, 0.5, 0.5)):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a parameter, so the model has a device
+        self.code = torch.tensor(code)
+
+    def forward(self, x):
+        return (self.code + 0 * self.anchor).repeat(len(x), 1)
+
+
+@pytest.fixture
+def constant_box(host):
+    class Plugin:
+        @vt.hookimpl
+        def vggtk_register_architectures(self, register):
+            register("constbox", ConstantBox)
+
+    host.register(Plugin(), "constbox")
+    manifest = vt.Manifest.load(SHARDS)
+    model = vt.create_model("constbox", num_classes=4)
+    info = vt.model_info(model).trained_on(manifest.classes, vt.TrainScale(256, 512), manifest.stats.mean_rgb_255,
+                                           head="scr")
+    return vt.set_model_info(model, info), manifest
+
+
+def test_protocol_one_maps_the_window_box_back_to_each_image(constant_box):
+    from vgg_toolkit.plugins.localisation.evaluate import protocol_center
+
+    model, manifest = constant_box
+    result = protocol_center(vt.EvalRequest([model], ["const"], manifest, "test", None, {}, console=None))
+    expected_wrong = 0
+    for batch in vt.read_split(manifest, "test", batch_size=1, with_boxes=True):
+        h, w = batch.images.shape[-2:]
+        # Q = 384 (mid of [256; 512]): the short side becomes 384; the long side keeps the aspect ratio,
+        # rounded so the margin around the 224 crop is even; the crop is centred.
+        short = min(h, w)
+        long_side = 384 * max(h, w) / short
+        long_side = 224 + 2 * int((long_side - 224) / 2 + 0.5) if w > h else round(long_side)
+        new_h, new_w = (384, long_side) if w >= h else (long_side, 384)
+        top, left = (new_h - 224) // 2, (new_w - 224) // 2
+        window = torch.tensor([56.0, 56.0, 168.0, 168.0])  # the code's box: the centre half of the window
+        box = (window + torch.tensor([left, top, left, top])) / torch.tensor([new_w / w, new_h / h] * 2)
+        gt = batch.boxes[0][batch.box_labels[0] == batch.labels[0]]
+        expected_wrong += not bool((vt.iou(box[None], gt) >= 0.5).any())
+    assert (result.images, result.wrong) == (48, expected_wrong)
+    assert 0 < expected_wrong < 48  # the constant box is right on some photos and wrong on others
+
+
+def test_the_localisation_task_refuses_a_classifier_and_reports_the_baseline(classifier, tmp_path):
+    refused = vggtk("eval", classifier, "--data", SHARDS, "--task", "localisation", "--out", tmp_path / "e.json")
+    assert refused.exit_code == 2 and "needs a net with a scr or pcr head" in refused.stderr
+    unknown = vggtk("eval", classifier, "--data", SHARDS, "--task", "segmentation", "--out", tmp_path / "e.json")
+    assert unknown.exit_code == 2 and "unknown task 'segmentation'" in unknown.stderr

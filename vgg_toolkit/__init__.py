@@ -18,14 +18,14 @@ from .contract.model import (FeatureTaps, FinetuneScopes, FullyConvolutional, Mo
                              WeightLayouts, find_model_info, model_info, set_model_info)
 from .contract.options import OptionSpec
 from .contract.scale import TrainScale, parse_test_scales
-from .contract.task import BoxTargets, Head
+from .contract.task import BoxTargets, EvalRequest, Head
 from .data.bundled import resolve_data
 from .data.decode import LazyImage, add_offset, crop, hflip, image_size, resize
 from .data.errors import DataError, check_policy
 from .data.loader import make_loader, normalize_on_device, read_split
 from .data.shards.manifest import Manifest
 from .errors import RegistryError, VggtkError, WeightsError
-from .evaluation.geometry import (center_crop, center_trim, center_view, center_view_boxes, crop_at, grid_positions, rescale, rescaled_size,
+from .evaluation.geometry import (boxes_from_center_view, center_crop, center_trim, center_view, center_view_boxes, crop_at, grid_positions, rescale, rescaled_size,
                                   test_scales_for)
 from .evaluation.metrics import topk_errors, topk_misses
 from .evaluation.on_shards import check_fits_data, evaluate_on_shards, normalising_mean
@@ -45,7 +45,7 @@ from .version import __version__
 
 __all__ = [
     # plugins
-    "hookimpl", "get_host", "OptionSpec", "Head", "BoxTargets", "DataFacts", "with_plugin_options",
+    "hookimpl", "get_host", "OptionSpec", "Head", "BoxTargets", "EvalRequest", "DataFacts", "with_plugin_options",
     # errors
     "VggtkError", "RegistryError", "WeightsError", "DataError", "check_policy",
     # models
@@ -56,7 +56,7 @@ __all__ = [
     # boxes
     "CORRECT_IOU", "box_area", "encode_boxes", "decode_boxes", "iou", "main_box",
     # scales and test-time geometry
-    "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "center_view", "center_view_boxes", "test_scales_for",
+    "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "center_view", "center_view_boxes", "boxes_from_center_view", "test_scales_for",
     # data
     "Manifest", "resolve_data", "read_split", "make_loader", "normalize_on_device",
     "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size",

@@ -56,9 +56,20 @@ def vggtk_register_evaluators(register: Callable[..., None]) -> None:
 def vggtk_register_heads(register: Callable[..., None]) -> None:
     """Add task heads.
 
-    Call ``register(name, factory, *, description="")``. ``factory(**options)`` returns a
-    ``vgg_toolkit.contract.task.Head``: the width of the network's last layer, the loss, and the error
-    counts per-epoch validation reports. ``vggtk train --head NAME`` trains with it.
+    Call ``register(name, factory, *, description="", task="classification")``. ``factory(**options)``
+    returns a ``vgg_toolkit.contract.task.Head``: the width of the network's last layer, the loss, and the
+    error counts per-epoch validation reports. ``vggtk train --head NAME`` trains with it; ``task`` names
+    the evaluation task (``vggtk_register_tasks``) that tests a trained net of this head.
+    """
+
+
+@hookspec
+def vggtk_register_tasks(register: Callable[..., None]) -> None:
+    """Add evaluation tasks besides classification (``vggtk eval --task NAME``).
+
+    Call ``register(name, evaluate, *, description="")``. ``evaluate(request: EvalRequest) -> dict`` runs
+    the task's protocols on the request's models and split, prints its table on ``request.console`` and
+    returns its results as JSON-ready data, which ``vggtk eval`` writes to ``--out``.
     """
 
 

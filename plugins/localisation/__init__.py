@@ -5,12 +5,19 @@ from functools import partial
 
 from vgg_toolkit import hookimpl
 
+from .evaluate import localisation_task
 from .heads import RegressionHead
 
 
 @hookimpl
 def vggtk_register_heads(register):
-    register("scr", partial(RegressionHead, per_class=False),
+    register("scr", partial(RegressionHead, per_class=False), task="localisation",
              description="single-class regression: one box (4 outputs), Euclidean loss")
-    register("pcr", partial(RegressionHead, per_class=True),
+    register("pcr", partial(RegressionHead, per_class=True), task="localisation",
              description="per-class regression: a box per class (4 x classes), loss on the true class's box")
+
+
+@hookimpl
+def vggtk_register_tasks(register):
+    register("localisation", localisation_task, aliases=["localization"],
+             description="the paper's localisation protocols and a centre-box baseline (vggtk eval --task)")

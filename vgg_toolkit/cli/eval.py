@@ -18,10 +18,14 @@ from ..evaluation.on_shards import evaluate_on_shards
 from ..evaluation.report import print_results, results_json, write_json
 from ..models.trained import load_trained
 from ..runtime.devices import pick_device
-from ..runtime.files import check_output_file
+from ..contract.task import EvalRequest
+from ..host.manager import get_host
+from ..runtime.files import check_output_file, write_text
+from ..version import __version__
 from .options import with_plugin_options
 
 DEFAULT_CHECKPOINT = Path("runs/train/best")
+CLASSIFICATION_METHODS = ["center", "dense", "multicrop", "combined"]
 
 
 def parse_methods(text: str) -> list[str]:
@@ -51,7 +55,10 @@ def eval_command(
     checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint directories or .safetensors files; several form an ensemble \\[default: runs/train/best]."),
     data: Optional[Path] = typer.Option(None, help="Shard directory or manifest.json \\[default: the bundled Fashion-MNIST shards]."),
     split: str = typer.Option("test", help="Split to evaluate."),
-    methods: str = typer.Option("center,dense,multicrop,combined", help="Comma-separated evaluators."),
+    task: str = typer.Option("classification", help="classification, or a task a plugin adds (vggtk plugins), "
+                             "e.g. localisation."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated protocols \\[default: the task's: "
+                                          "center,dense,multicrop,combined for classification]."),
     scales: Optional[str] = typer.Option(None, help="Test scales Q, e.g. 256,384,512 \\[default: from the checkpoint's training scale]."),
     multi_scale: bool = typer.Option(False, "--multi-scale", help="Default scales: {S-32, S, S+32} or {Smin, mid, Smax}."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
@@ -72,9 +79,10 @@ def eval_command(
     at_least(limit, 1, "--limit")
     at_least(batch_size, 1, "--batch-size")
     at_least(workers, 0, "--workers")
-    names = parse_methods(methods)
+    names = parse_methods(methods) if methods is not None else None
     options = {"multi_scale": multi_scale, **({"scales": flag_value("--scales", parse_test_scales, scales)}
                                               if scales is not None else {})}
+    evaluate = get_host().registry("tasks").get(task).factory if task != "classification" else None
     check_output_file(out, "JSON results")
     if confusion is not None:
         check_output_file(confusion, "confusion matrix")
@@ -84,9 +92,20 @@ def eval_command(
     paths = checkpoints or [DEFAULT_CHECKPOINT]
     models = [load_trained(p, dev, plugin_options, command="eval") for p in paths]
     console = Console(stderr=as_json, soft_wrap=True)
-    results = evaluate_on_shards(models, manifest, split, names, options, batch_size=batch_size, workers=workers,
-                                 on_error=on_error, limit=limit, console=console, names=[str(p) for p in paths])
     extra = {"data": str(manifest.root), "split": split, "checkpoints": [str(p) for p in paths]}
+    if evaluate is not None:
+        request = EvalRequest(models, [str(p) for p in paths], manifest, split, names, options, batch_size, workers,
+                              on_error, limit, console, plugin_options or {})
+        payload = {"written_by": "vggtk", "vggtk_version": __version__, "task": task, **extra, **evaluate(request)}
+        write_text(out, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        if as_json:
+            print(json.dumps(payload, indent=2, allow_nan=False))
+        else:
+            console.print(f"results written to {out}", markup=False, highlight=False)
+        return
+    results = evaluate_on_shards(models, manifest, split, names or CLASSIFICATION_METHODS, options,
+                                 batch_size=batch_size, workers=workers, on_error=on_error, limit=limit,
+                                 console=console, names=[str(p) for p in paths])
     write_json(results, out, per_class=per_class, extra=extra)
     if as_json:
         print(json.dumps(results_json(results, per_class, extra), indent=2, allow_nan=False))

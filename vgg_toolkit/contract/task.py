@@ -4,7 +4,8 @@ the loop. Heads are registered through ``vggtk_register_heads``; ``factory(**opt
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -35,3 +36,23 @@ class BoxTargets(Protocol):
     def box_targets(self, labels: torch.Tensor, boxes: list[torch.Tensor], box_labels: list[torch.Tensor],
                     height: int, width: int) -> torch.Tensor:
         """Targets for a batch: ``boxes[i]`` xyxy in pixels of image i's ``height`` x ``width`` window."""
+
+
+@dataclass
+class EvalRequest:
+    """What ``vggtk eval --task NAME`` hands a registered task: the loaded models (an ensemble when
+    several) with their paths, the data, and the command's options; ``options`` holds the ``--scales``
+    / ``--multi-scale`` choice and ``plugin_options`` the options plugins declared for ``eval``."""
+
+    models: Sequence[Any]
+    names: Sequence[str]
+    manifest: Any
+    split: str
+    methods: Sequence[str] | None
+    options: dict = field(default_factory=dict)
+    batch_size: int = 64
+    workers: int = 0
+    on_error: str = "fail"
+    limit: int | None = None
+    console: Any = None
+    plugin_options: dict = field(default_factory=dict)

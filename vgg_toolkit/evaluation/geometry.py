@@ -87,13 +87,25 @@ def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     return crop_at(x, grid_positions(x.shape[-2], crop, 1)[0], grid_positions(x.shape[-1], crop, 1)[0], crop)
 
 
+def center_view_geometry(height: int, width: int, q: int, crop: int) -> tuple[float, float, int, int]:
+    """(x scale, y scale, left, top) of the centre view: a point (x, y) of the image is at
+    (x * sx - left, y * sy - top) in the window."""
+    h, w = rescaled_size(height, width, max(q, crop), crop)
+    return w / width, h / height, grid_positions(w, crop, 1)[0], grid_positions(h, crop, 1)[0]
+
+
 def center_view_boxes(boxes: torch.Tensor, height: int, width: int, q: int, crop: int) -> torch.Tensor:
-    """Boxes (n, 4) of a ``height`` x ``width`` image, in pixels of its ``center_view`` window, clipped."""
-    q = max(q, crop)
-    h, w = rescaled_size(height, width, q, crop)
-    top, left = grid_positions(h, crop, 1)[0], grid_positions(w, crop, 1)[0]
-    scale = boxes.new_tensor([w / width, h / height, w / width, h / height])
-    return (boxes * scale - boxes.new_tensor([left, top, left, top])).clamp(0, crop)
+    """Boxes (n, 4) of a ``height`` x ``width`` image in pixels of its ``center_view`` window. Not clipped:
+    a box is judged whole, as the protocol judges the box mapped back to the image."""
+    sx, sy, left, top = center_view_geometry(height, width, q, crop)
+    scale = boxes.new_tensor([sx, sy, sx, sy])
+    return boxes * scale - boxes.new_tensor([left, top, left, top])
+
+
+def boxes_from_center_view(boxes: torch.Tensor, height: int, width: int, q: int, crop: int) -> torch.Tensor:
+    """Boxes in pixels of the ``center_view`` window, in pixels of the ``height`` x ``width`` image."""
+    sx, sy, left, top = center_view_geometry(height, width, q, crop)
+    return (boxes + boxes.new_tensor([left, top, left, top])) / boxes.new_tensor([sx, sy, sx, sy])
 
 
 def center_view(images: torch.Tensor, q: int, crop: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ REGISTRY_HOOKS = {
     "evaluators": "vggtk_register_evaluators",
     "heads": "vggtk_register_heads",
     "options": "vggtk_register_options",
+    "tasks": "vggtk_register_tasks",
 }
 
 hookimpl = pluggy.HookimplMarker(GROUP)

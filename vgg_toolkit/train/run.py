@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..contract.task import BoxTargets
+from ..contract.task import BoxTargets, EvalRequest
+from ..host.manager import get_host
 from ..data.bundled import resolve_data
 from ..data.facts import data_facts
 from ..data.pipeline import train_pipeline
@@ -36,12 +37,19 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     result = train(plan, source, run_dir, resume=None if resume == "none" else resume, on_event=reporter)
     if not reporter.is_main:
         return result
-    if "test" in manifest.splits and not isinstance(plan.head(), BoxTargets):
+    if "test" in manifest.splits:
         best = run_dir / "best"
-        model = load_trained(best if best.is_dir() else Path(result["checkpoint"]), pick_device(config.device),
-                             config.runtime, command="train")
-        centre = evaluate_on_shards([model], manifest, "test", ["center"], batch_size=256, workers=config.workers,
-                                    on_error=config.on_error, progress=False)[0]
-        result["test"] = {f"top{k}_err": v for k, v in centre.errors.items()}
+        path = best if best.is_dir() else Path(result["checkpoint"])
+        model = load_trained(path, pick_device(config.device), config.runtime, command="train")
+        task = get_host().registry("heads").get(config.head).info.get("task", "classification")
+        if task == "classification":
+            centre = evaluate_on_shards([model], manifest, "test", ["center"], batch_size=256, workers=config.workers,
+                                        on_error=config.on_error, progress=False)[0]
+            result["test"] = {f"top{k}_err": v for k, v in centre.errors.items()}
+        else:  # the task's own protocols, as `vggtk eval --task` runs them
+            request = EvalRequest([model], [str(path)], manifest, "test", None, workers=config.workers,
+                                  on_error=config.on_error, console=reporter.console)
+            rows = get_host().registry("tasks").get(task).factory(request)["results"]
+            result["test"] = {row["method"]: row[next(k for k in row if k.endswith("_pct"))] for row in rows}
     reporter.summary(result)
     return result

@@ -1,0 +1,148 @@
+"""``vggtk eval --task localisation``: the paper's localisation protocols (Appendix A) and a baseline.
+
+- ``center`` (protocol 1): the centre crop at the single test scale Q; the box of the ground-truth class
+  (PCR) or the one box (SCR) is mapped back to the image. Several checkpoints: their boxes' corners
+  are averaged.
+- ``center-box`` (baseline): a box of the training split's mean relative size, centred in the image.
+
+An image counts as localised when its box overlaps some ground-truth box of its class with IoU >= 0.5;
+the localisation error is the share of images that are not.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from rich.table import Table
+
+import vgg_toolkit as vt
+
+METHODS = ("center", "center-box")
+HEADS = ("scr", "pcr")
+
+
+@dataclass
+class LocResult:
+    method: str
+    config: str
+    test_scales: str
+    images: int
+    wrong: int
+    seconds: float
+
+    @property
+    def error(self) -> float:
+        return 100.0 * self.wrong / self.images if self.images else float("nan")
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "config": self.config, "test_scales": self.test_scales, "images": self.images,
+                "loc_err_pct": round(self.error, 6), "seconds": round(self.seconds, 6)}
+
+
+def localised(box: torch.Tensor, boxes: torch.Tensor, box_labels: torch.Tensor, label: int) -> bool:
+    """Whether ``box`` overlaps some ground-truth box of class ``label`` with IoU >= 0.5."""
+    mine = boxes[box_labels == label]
+    return bool(len(mine)) and bool((vt.iou(box[None], mine) >= vt.CORRECT_IOU).any())
+
+
+def _check_heads(models, names) -> list:
+    heads = []
+    for model, name in zip(models, names):
+        head = vt.model_info(model).head
+        if head not in HEADS:
+            raise vt.VggtkError(f"{name}: a {head} net; localisation needs a net with a scr or pcr head "
+                                "(vggtk train --head scr|pcr --init-from CLASSIFIER)")
+        heads.append(head)
+    return heads
+
+
+def _single_scale(request: vt.EvalRequest, model) -> int:
+    scales = request.options.get("scales")
+    if scales is not None and len(scales) != 1:
+        raise vt.VggtkError(f"--scales: the centre protocol takes one test scale, got {len(scales)}")
+    return vt.test_scales_for(model, scales)[0]
+
+
+def protocol_center(request: vt.EvalRequest) -> LocResult:
+    heads = _check_heads(request.models, request.names)
+    scales = [_single_scale(request, m) for m in request.models]
+    means = [vt.normalising_mean([m], request.manifest) for m in request.models]
+    wrong = seen = 0
+    seconds = 0.0
+    for batch in vt.read_split(request.manifest, request.split, batch_size=request.batch_size,
+                               workers=request.workers, on_error=request.on_error, limit=request.limit,
+                               with_boxes=True):
+        height, width = batch.images.shape[-2:]
+        start = time.perf_counter()
+        boxes = 0
+        for model, head, q, mean in zip(request.models, heads, scales, means):
+            crop = vt.model_info(model).input_size
+            device = next(model.parameters()).device
+            x = vt.center_view(vt.normalize_on_device(batch.images.to(device), mean), q, crop)
+            with torch.no_grad(), vt.model_form(model, fully_conv=False), vt.mixed_precision(device):
+                codes = model(x).float().cpu()
+            if head == "pcr":
+                codes = codes.view(len(codes), -1, 4)[torch.arange(len(codes)), batch.labels]
+            boxes = boxes + vt.boxes_from_center_view(vt.decode_boxes(codes, crop, crop), height, width, q, crop)
+        seconds += time.perf_counter() - start
+        boxes = boxes / len(request.models)
+        for box, label, gt, gt_labels in zip(boxes, batch.labels.tolist(), batch.boxes, batch.box_labels):
+            wrong += not localised(box, gt, gt_labels, label)
+            seen += 1
+    names = " + ".join(vt.model_info(m).arch for m in request.models)
+    return LocResult("centre crop, " + ("true class's box" if "pcr" in heads else "one box"), names,
+                     ",".join(map(str, sorted(set(scales)))), seen, wrong, seconds)
+
+
+def mean_relative_size(manifest: vt.Manifest) -> tuple[float, float]:
+    """The mean width and height of the training split's main boxes, as fractions of their images."""
+    widths, heights = [], []
+    for batch in vt.read_split(manifest, "train", batch_size=64, with_boxes=True):
+        h, w = batch.images.shape[-2:]
+        for label, boxes, box_labels in zip(batch.labels.tolist(), batch.boxes, batch.box_labels):
+            box = vt.main_box(boxes, box_labels, label)
+            if box is not None:
+                widths.append(float(box[2] - box[0]) / w)
+                heights.append(float(box[3] - box[1]) / h)
+    if not widths:
+        raise vt.VggtkError(f"{manifest.path}: the training split holds no boxes to size the baseline")
+    return sum(widths) / len(widths), sum(heights) / len(heights)
+
+
+def baseline_center_box(request: vt.EvalRequest) -> LocResult:
+    rw, rh = mean_relative_size(request.manifest)
+    wrong = seen = 0
+    for batch in vt.read_split(request.manifest, request.split, batch_size=request.batch_size,
+                               workers=request.workers, on_error=request.on_error, limit=request.limit,
+                               with_boxes=True):
+        h, w = batch.images.shape[-2:]
+        box = torch.tensor([w * (1 - rw) / 2, h * (1 - rh) / 2, w * (1 + rw) / 2, h * (1 + rh) / 2])
+        for label, gt, gt_labels in zip(batch.labels.tolist(), batch.boxes, batch.box_labels):
+            wrong += not localised(box, gt, gt_labels, label)
+            seen += 1
+    return LocResult(f"centre box ({rw:.2f} x {rh:.2f} of the image)", "baseline", "-", seen, wrong, 0.0)
+
+
+RUNNERS = {"center": protocol_center, "center-box": baseline_center_box}
+
+
+def localisation_task(request: vt.EvalRequest) -> dict:
+    methods = list(request.methods or METHODS)
+    unknown = [m for m in methods if m not in RUNNERS]
+    if unknown:
+        raise vt.VggtkError(f"--methods: {', '.join(unknown)}: not a localisation protocol; known: "
+                            f"{', '.join(RUNNERS)}")
+    results = [RUNNERS[m](request) for m in methods]
+    table = Table(title=vt.plain(f"{request.manifest.name or request.manifest.root.name} / {request.split}: "
+                                 "localisation error (%)"))
+    for col, justify in (("config", "left"), ("test Q", "left"), ("method", "left"), ("loc err", "right"),
+                         ("images", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)
+    for r in results:
+        table.add_row(vt.plain(r.config), r.test_scales, vt.plain(r.method), f"{r.error:.2f}", f"{r.images:,}")
+    vt.print_table(request.console, table)
+    request.console.print("an image is localised when its box overlaps a true box of its class with IoU >= 0.5",
+                          markup=False)
+    return {"error_unit": "percent", "results": [r.to_json() for r in results]}
