@@ -183,3 +183,61 @@ def test_the_localisation_task_refuses_a_classifier_and_reports_the_baseline(cla
     assert refused.exit_code == 2 and "needs a net with a scr or pcr head" in refused.stderr
     unknown = vggtk("eval", classifier, "--data", SHARDS, "--task", "segmentation", "--out", tmp_path / "e.json")
     assert unknown.exit_code == 2 and "unknown task 'segmentation'" in unknown.stderr
+
+
+# --- protocol 2 -------------------------------------------------------------------------------------------------
+def test_the_greedy_merge_on_hand_made_boxes():
+    from vgg_toolkit.plugins.localisation.dense import merge
+
+    near = [[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [2.0, 0.0, 12.0, 10.0]]
+    boxes = torch.tensor(near + [[50.0, 50.0, 60.0, 60.0]])
+    # At 0.5 the three near boxes merge (support 3) into their mean; the far one stays alone.
+    torch.testing.assert_close(merge(boxes, 0.5), torch.tensor(near).mean(0))
+    # At 0.9 nothing merges: every support is 1 and the first box answers.
+    assert torch.equal(merge(boxes, 0.9), boxes[0])
+    # Merges are weighted by support: two boxes merged, then a third joins with weight 1 against 2.
+    merged = merge(torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 12], [0.0, 0, 10, 14]]), 0.6)
+    torch.testing.assert_close(merged, torch.tensor([0.0, 0, 10, 12]))
+
+
+def test_a_dense_box_is_the_linear_heads_box_of_its_window_in_image_pixels(host):
+    from vgg_toolkit.plugins.localisation.dense import box_map
+
+    torch.manual_seed(0)
+    model = vt.create_model("vgg-a", num_classes=4 * 3, width=1 / 16, fc_dim=16, input_size=32, init="kaiming").eval()
+    image = torch.randn(1, 3, 64, 96)
+    boxes = box_map(model, image, 64)  # the image is at Q already: 2 x 3 windows of 32, stride 32
+    assert boxes.shape == (6, 3, 4)
+    with torch.no_grad():
+        features = model.features(image)  # the conv trunk on the whole image: a 2 x 3 map
+    for i in range(2):
+        for j in range(3):
+            with torch.no_grad():  # the Linear classifier on that map's window (i, j)
+                codes = model.classifier(features[..., i:i + 1, j:j + 1]).view(3, 4)
+            expected = vt.decode_boxes(codes, 32, 32) + torch.tensor([32.0 * j, 32.0 * i] * 2)
+            torch.testing.assert_close(boxes[3 * i + j], expected, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def scr_net(classifier, tmp_path_factory):
+    run = tmp_path_factory.mktemp("scr")
+    result = vggtk("train", "--data", SHARDS, "--run-dir", run, "--head", "scr", "--init-from", classifier,
+                   "--width", 0.25, "--fc-dim", 64, "--batch-size", 32, "--epochs", 1, "--lr", 0.01)
+    assert result.exit_code == 0, result.output
+    return run / "best"
+
+
+def test_protocol_two_picks_its_merge_threshold_on_val_and_takes_a_given_one(classifier, scr_net, tmp_path):
+    args = ["eval", scr_net, "--data", SHARDS, "--task", "localisation", "--methods", "dense", "--classifier",
+            classifier, "--limit", 8]
+    picked = vggtk(*args, "--out", tmp_path / "picked.json")
+    assert picked.exit_code == 0, picked.output
+    rows = json.loads((tmp_path / "picked.json").read_text())["results"]
+    assert [r["method"].split(", ")[-1] for r in rows] == ["top-1", "top-5"] and "picked on val" in rows[0]["method"]
+    assert rows[1]["loc_err_pct"] <= rows[0]["loc_err_pct"] and rows[0]["images"] == 8
+    given = vggtk(*args, "--merge-iou", 0.55, "--out", tmp_path / "given.json")
+    assert given.exit_code == 0 and "IoU >= 0.55 (given)" in json.loads((tmp_path / "given.json").read_text())[
+        "results"][0]["method"]
+    missing = vggtk("eval", scr_net, "--data", SHARDS, "--task", "localisation", "--methods", "dense",
+                    "--out", tmp_path / "m.json")
+    assert missing.exit_code == 2 and "--classifier" in missing.stderr

@@ -3,7 +3,7 @@ class), trained with ``vggtk train --head scr|pcr --init-from CLASSIFIER``."""
 
 from functools import partial
 
-from vgg_toolkit import hookimpl
+from vgg_toolkit import OptionSpec, hookimpl
 
 from .evaluate import localisation_task
 from .heads import RegressionHead
@@ -21,3 +21,11 @@ def vggtk_register_heads(register):
 def vggtk_register_tasks(register):
     register("localisation", localisation_task, aliases=["localization"],
              description="the paper's localisation protocols and a centre-box baseline (vggtk eval --task)")
+
+
+@hookimpl
+def vggtk_register_options(register):
+    register(OptionSpec("classifier", str, None, "Localisation protocol 2: the classification checkpoint whose "
+                        "top-5 classes the boxes are for.", commands=("eval",)))
+    register(OptionSpec("merge_iou", float, None, "Localisation protocol 2: the IoU at which boxes merge "
+                        "[default: picked on the val split].", commands=("eval",)))

@@ -3,6 +3,10 @@
 - ``center`` (protocol 1): the centre crop at the single test scale Q; the box of the ground-truth class
   (PCR) or the one box (SCR) is mapped back to the image. Several checkpoints: their boxes' corners
   are averaged.
+- ``dense`` (protocol 2): the localisation nets applied densely at their test scales, the boxes of each of
+  the image's top-5 classes (from the ``--classifier`` checkpoint's dense protocol) merged greedily
+  (``dense.merge``), the merge threshold picked on the validation split; several localisation
+  checkpoints pool their boxes before the merge. Top-1 and top-5 localisation error.
 - ``center-box`` (baseline): a box of the training split's mean relative size, centred in the image.
 
 An image counts as localised when its box overlaps some ground-truth box of its class with IoU >= 0.5;
@@ -19,7 +23,10 @@ from rich.table import Table
 
 import vgg_toolkit as vt
 
-METHODS = ("center", "center-box")
+from .dense import candidates, merge
+
+METHODS = ("center", "center-box")  # "dense" needs --classifier, so it runs when asked for
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 HEADS = ("scr", "pcr")
 
 
@@ -96,6 +103,73 @@ def protocol_center(request: vt.EvalRequest) -> LocResult:
                      ",".join(map(str, sorted(set(scales)))), seen, wrong, seconds)
 
 
+def _dense_guesses(request: vt.EvalRequest, split: str, classifier, heads) -> list:
+    """Per image: (label, true boxes, true box labels, top-5 classes, their candidate boxes)."""
+    multi = request.options.get("multi_scale", False)
+    scales_of = lambda model: vt.test_scales_for(model, request.options.get("scales"), multi=multi)  # noqa: E731
+    means = {id(m): vt.normalising_mean([m], request.manifest) for m in [*request.models, classifier]}
+    classify = vt.get_evaluator("dense")
+    out = []
+    for batch in vt.read_split(request.manifest, split, batch_size=1, workers=request.workers,
+                               on_error=request.on_error, limit=request.limit if split == request.split else None,
+                               with_boxes=True):
+        def seen_by(model):
+            return vt.normalize_on_device(batch.images.to(next(model.parameters()).device), means[id(model)])
+
+        with vt.mixed_precision(next(classifier.parameters()).device):
+            top5 = classify(classifier, seen_by(classifier))[0].topk(min(5, request.manifest.num_classes)).indices
+        classes = top5.tolist()
+        found = {}
+        for model, head in zip(request.models, heads):
+            for c, boxes in candidates([model], [head], seen_by(model), scales_of, classes).items():
+                found.setdefault(c, []).append(boxes)
+        out.append((int(batch.labels[0]), batch.boxes[0], batch.box_labels[0], classes,
+                    {c: torch.cat(b) for c, b in found.items()}))
+    return out
+
+
+def _dense_errors(guesses, threshold: float) -> tuple[int, int]:
+    """(top-1 wrong, top-5 wrong) over the images, merging at ``threshold``."""
+    wrong1 = wrong5 = 0
+    for label, gt, gt_labels, classes, found in guesses:
+        right = [c == label and localised(merge(found[c], threshold), gt, gt_labels, label) for c in classes]
+        wrong1 += not right[0]
+        wrong5 += not any(right)
+    return wrong1, wrong5
+
+
+def protocol_dense(request: vt.EvalRequest) -> list[LocResult]:
+    heads = _check_heads(request.models, request.names)
+    path = request.plugin_options.get("classifier")
+    if not path:
+        raise vt.VggtkError("--methods dense: protocol 2 takes its top-5 classes from a classification net; "
+                            "name one with --classifier CKPT")
+    device = next(request.models[0].parameters()).device
+    classifier = vt.load_trained(path, device, command="eval")
+    if vt.model_info(classifier).head != "classification":
+        raise vt.VggtkError(f"--classifier {path}: a {vt.model_info(classifier).head} net, not a classifier")
+    vt.check_fits_data([classifier], request.manifest, [str(path)])
+    threshold = request.plugin_options.get("merge_iou")
+    picked = "given"
+    if threshold is None:  # picked on the validation split, never on the one reported
+        if "val" not in request.manifest.splits:
+            raise vt.VggtkError(f"{request.manifest.path}: no val split to pick the merge threshold on; give "
+                                "--merge-iou")
+        val = _dense_guesses(request, "val", classifier, heads)
+        threshold = min(THRESHOLDS, key=lambda t: (_dense_errors(val, t)[1], t))
+        picked = "picked on val"
+    start = time.perf_counter()
+    guesses = _dense_guesses(request, request.split, classifier, heads)
+    wrong1, wrong5 = _dense_errors(guesses, threshold)
+    seconds = time.perf_counter() - start
+    names = " + ".join(vt.model_info(m).arch for m in request.models)
+    multi = request.options.get("multi_scale", False)
+    scales = ",".join(map(str, vt.test_scales_for(request.models[0], request.options.get("scales"), multi=multi)))
+    method = f"dense, merged at IoU >= {threshold:g} ({picked})"
+    return [LocResult(method + ", top-1", names, scales, len(guesses), wrong1, seconds),
+            LocResult(method + ", top-5", names, scales, len(guesses), wrong5, seconds)]
+
+
 def mean_relative_size(manifest: vt.Manifest) -> tuple[float, float]:
     """The mean width and height of the training split's main boxes, as fractions of their images."""
     widths, heights = [], []
@@ -125,7 +199,8 @@ def baseline_center_box(request: vt.EvalRequest) -> LocResult:
     return LocResult(f"centre box ({rw:.2f} x {rh:.2f} of the image)", "baseline", "-", seen, wrong, 0.0)
 
 
-RUNNERS = {"center": protocol_center, "center-box": baseline_center_box}
+RUNNERS = {"center": lambda r: [protocol_center(r)], "dense": protocol_dense,
+           "center-box": lambda r: [baseline_center_box(r)]}
 
 
 def localisation_task(request: vt.EvalRequest) -> dict:
@@ -134,7 +209,7 @@ def localisation_task(request: vt.EvalRequest) -> dict:
     if unknown:
         raise vt.VggtkError(f"--methods: {', '.join(unknown)}: not a localisation protocol; known: "
                             f"{', '.join(RUNNERS)}")
-    results = [RUNNERS[m](request) for m in methods]
+    results = [result for m in methods for result in RUNNERS[m](request)]
     table = Table(title=vt.plain(f"{request.manifest.name or request.manifest.root.name} / {request.split}: "
                                  "localisation error (%)"))
     for col, justify in (("config", "left"), ("test Q", "left"), ("method", "left"), ("loc err", "right"),

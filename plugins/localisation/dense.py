@@ -1,0 +1,75 @@
+"""Protocol 2 (Appendix A.2): the localisation net applied densely, a box per location of its
+fully-convolutional output (per class for PCR), at one or several scales; the boxes of each of the
+image's top-5 classes (from a classification net) merged greedily into one.
+
+The merge, a deterministic variant of OverFeat's (Sermanet et al. 2014, whose thresholds are not
+published): every box starts with a support of 1; the two boxes that overlap most are merged while
+their IoU is at least ``threshold`` (the merged box is their support-weighted mean, its support the
+sum); ties go to the earlier pair. The merged box with the largest support (then the earliest) is the
+class's answer. ``threshold`` is picked on the validation split, never on the split reported.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import vgg_toolkit as vt
+
+
+def box_map(model, image: torch.Tensor, q: int) -> torch.Tensor:
+    """Boxes (locations, outputs/4, 4) in pixels of the image ``image`` (1, C, H, W), from the dense
+    net at scale ``q``: one per location of its output map (and per class for PCR)."""
+    info = vt.model_info(model)
+    crop, stride = info.input_size, model.output_stride
+    height, width = image.shape[-2:]
+    rescaled = vt.rescale(image, max(q, crop), crop)
+    h, w = rescaled.shape[-2:]
+    x = vt.center_trim(rescaled, stride)
+    top, left = (h - x.shape[-2]) // 2, (w - x.shape[-1]) // 2
+    with torch.no_grad(), vt.model_form(model, fully_conv=True):
+        codes = model(x).float()  # (1, outputs, rows, cols)
+    rows, cols = codes.shape[-2:]
+    codes = codes[0].permute(1, 2, 0).reshape(rows, cols, -1, 4)  # (rows, cols, k, 4)
+    boxes = vt.decode_boxes(codes, crop, crop)
+    offset_y = torch.arange(rows, dtype=boxes.dtype)[:, None, None] * stride + top
+    offset_x = torch.arange(cols, dtype=boxes.dtype)[None, :, None] * stride + left
+    shift = torch.stack([offset_x.expand(rows, cols, 1), offset_y.expand(rows, cols, 1)] * 2, -1)
+    boxes = boxes + shift
+    scale = boxes.new_tensor([w / width, h / height, w / width, h / height])
+    return (boxes / scale).reshape(rows * cols, -1, 4)
+
+
+def merge(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The greedy merge of the module docstring: ``boxes`` (n, 4) -> the answer box (4,)."""
+    boxes = boxes.double().clone()
+    support = torch.ones(len(boxes), dtype=torch.float64)
+    alive = torch.ones(len(boxes), dtype=torch.bool)
+    overlap = vt.iou(boxes[:, None], boxes[None])
+    overlap.fill_diagonal_(-1)
+    while alive.sum() > 1:
+        masked = overlap.masked_fill(~(alive[:, None] & alive[None]), -1)
+        best = int(masked.argmax())
+        i, j = divmod(best, len(boxes))
+        if masked[i, j] < threshold:
+            break
+        i, j = min(i, j), max(i, j)
+        boxes[i] = (boxes[i] * support[i] + boxes[j] * support[j]) / (support[i] + support[j])
+        support[i] += support[j]
+        alive[j] = False
+        row = vt.iou(boxes[i][None], boxes)
+        overlap[i], overlap[:, i] = row, row
+        overlap[i, i] = -1
+    support[~alive] = -1
+    return boxes[int(support.argmax())].float()
+
+
+def candidates(loc_models, heads, image: torch.Tensor, scales_of, classes: list[int]) -> dict[int, torch.Tensor]:
+    """For each class in ``classes``, every box the localisation nets give it on ``image``, over their
+    scales (the one box of an SCR net stands for every class)."""
+    found = {c: [] for c in classes}
+    for model, head in zip(loc_models, heads):
+        for q in scales_of(model):
+            boxes = box_map(model, image, q)
+            for c in classes:
+                found[c].append(boxes[:, c] if head == "pcr" else boxes[:, 0])
+    return {c: torch.cat(found[c]) for c in classes}
