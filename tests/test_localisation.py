@@ -241,3 +241,36 @@ def test_protocol_two_picks_its_merge_threshold_on_val_and_takes_a_given_one(cla
     missing = vggtk("eval", scr_net, "--data", SHARDS, "--task", "localisation", "--methods", "dense",
                     "--out", tmp_path / "m.json")
     assert missing.exit_code == 2 and "--classifier" in missing.stderr
+
+
+# --- predict ------------------------------------------------------------------------------------------------------
+def test_predict_gives_top5_classes_and_a_box_for_a_users_photos(classifier, scr_net, tmp_path):
+    import skimage.data
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("chelsea", "coffee", "astronaut"):
+        Image.fromarray(getattr(skimage.data, name)()).save(photos / f"{name}.jpg")
+    result = vggtk("predict", classifier, scr_net, photos, "--out", tmp_path / "p.json", "--draw", tmp_path / "drawn")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "p.json").read_text())["predictions"]
+    classes = vt.Manifest.load(SHARDS).classes
+    assert [Path(r["image"]).name for r in rows] == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg"]
+    for row in rows:
+        probabilities = [t["probability"] for t in row["top5"]]
+        assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+        assert {t["class"] for t in row["top5"]} <= set(classes) and row["box"]["class"] == row["top5"][0]["class"]
+        assert len(row["box"]["xyxy"]) == 4
+    with Image.open(tmp_path / "drawn" / "chelsea.png") as drawn:
+        assert drawn.size == (451, 300) and drawn.info.get("Software") == "vggtk"
+    csv_out = vggtk("predict", classifier, photos / "coffee.jpg", "--out", tmp_path / "p.csv")
+    assert csv_out.exit_code == 0 and (tmp_path / "p.csv").read_text().splitlines()[0] == \
+        "image,rank,class,probability,x1,y1,x2,y2"
+    (photos / "broken.png").write_bytes(b"not a picture")
+    failed = vggtk("predict", classifier, photos)
+    assert failed.exit_code == 2 and "broken.png: cannot decode image" in failed.stderr
+    skipped = vggtk("predict", classifier, photos, "--on-error", "skip")
+    assert skipped.exit_code == 0 and "skipped 1 unreadable image(s)" in skipped.output
+    alone = vggtk("predict", scr_net, photos / "coffee.jpg")
+    assert alone.exit_code == 2 and "name a classification checkpoint" in alone.stderr

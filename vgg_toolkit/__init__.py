@@ -20,7 +20,7 @@ from .contract.options import OptionSpec
 from .contract.scale import TrainScale, parse_test_scales
 from .contract.task import BoxTargets, EvalRequest, Head
 from .data.bundled import resolve_data
-from .data.decode import LazyImage, add_offset, crop, hflip, image_size, resize
+from .data.decode import LazyImage, add_offset, crop, hflip, image_size, read_image, resize
 from .data.errors import DataError, check_policy
 from .data.loader import make_loader, normalize_on_device, read_split
 from .data.shards.manifest import Manifest
@@ -30,7 +30,7 @@ from .evaluation.geometry import (boxes_from_center_view, center_crop, center_tr
 from .evaluation.metrics import topk_errors, topk_misses
 from .evaluation.on_shards import check_fits_data, evaluate_on_shards, normalising_mean
 from .evaluation.report import print_results, write_json
-from .evaluation.runner import EvalResult, ensemble_posteriors, get_evaluator, run_evaluation
+from .evaluation.runner import EvalResult, check_same_classes, ensemble_posteriors, get_evaluator, run_evaluation
 from .host.manager import get_host, hookimpl
 from .models.factory import create_model, list_models, prepare_model
 from .models.forms import model_form, require_fully_conv
@@ -38,7 +38,7 @@ from .models.layers import BatchSlicedDropout
 from .models.stats import model_stats
 from .models.trained import initialise_from, load_trained
 from .models.weights import load_weights, read_model_info, save_safetensors, save_weights
-from .runtime.console import plain, print_table
+from .runtime.console import one_line, plain, print_table
 from .runtime.devices import mixed_precision, pick_device
 from .runtime.files import atomic_file, check_output_file, write_text
 from .version import __version__
@@ -59,12 +59,12 @@ __all__ = [
     "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "center_view", "center_view_boxes", "boxes_from_center_view", "test_scales_for",
     # data
     "Manifest", "resolve_data", "read_split", "make_loader", "normalize_on_device",
-    "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size",
+    "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size", "read_image",
     # evaluation
     "get_evaluator", "run_evaluation", "evaluate_on_shards", "ensemble_posteriors", "EvalResult",
-    "check_fits_data", "normalising_mean", "print_results", "write_json", "topk_errors", "topk_misses",
+    "check_fits_data", "check_same_classes", "normalising_mean", "print_results", "write_json", "topk_errors", "topk_misses",
     "DescribedEvaluator", "ScaledEvaluator",
     # devices, files, output
-    "pick_device", "mixed_precision", "atomic_file", "write_text", "check_output_file", "plain", "print_table",
+    "pick_device", "mixed_precision", "atomic_file", "write_text", "check_output_file", "plain", "one_line", "print_table",
     "__version__",
 ]

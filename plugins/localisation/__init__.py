@@ -1,12 +1,14 @@
-"""Registers the paper's localisation heads (Appendix A): ``scr`` (one box) and ``pcr`` (a box per
-class), trained with ``vggtk train --head scr|pcr --init-from CLASSIFIER``."""
+"""Registers the paper's localisation (Appendix A): the heads ``scr`` (one box) and ``pcr`` (a box per
+class), trained with ``vggtk train --head scr|pcr --init-from CLASSIFIER``; the ``localisation`` task of
+``vggtk eval`` (protocols 1 and 2, a centre-box baseline); and ``vggtk predict`` for a user's photos."""
 
 from functools import partial
 
-from vgg_toolkit import OptionSpec, hookimpl
+from vgg_toolkit import OptionSpec, hookimpl, with_plugin_options
 
 from .evaluate import localisation_task
 from .heads import RegressionHead
+from .predict import predict_command
 
 
 @hookimpl
@@ -29,3 +31,8 @@ def vggtk_register_options(register):
                         "top-5 classes the boxes are for.", commands=("eval",)))
     register(OptionSpec("merge_iou", float, None, "Localisation protocol 2: the IoU at which boxes merge "
                         "[default: picked on the val split].", commands=("eval",)))
+
+
+@hookimpl
+def vggtk_register_commands(app):
+    app.command(name="predict")(with_plugin_options("eval")(predict_command))

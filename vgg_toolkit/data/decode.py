@@ -257,3 +257,24 @@ def materialize(sample: dict) -> dict:
             boxes[:, 1::2] = (boxes[:, 1::2] * ay + by).clamp(0, h)
             sample["boxes"] = boxes
     return sample
+
+
+def read_image(path, channels: int | None = None) -> torch.Tensor:
+    """An image file as uint8 (C, H, W): upright by its EXIF orientation, 16-bit greyscale scaled to 8 bits,
+    1 or 3 channels (``channels`` forces one). A file that is not a readable image is a VggtkError
+    naming it."""
+    from PIL import ImageOps
+
+    from ..errors import VggtkError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise VggtkError(f"{path}: cannot read image ({exc.strerror})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = to_8bit(ImageOps.exif_transpose(img))
+            return _to_tensor(img.convert(_pil_mode(channels, img.mode)))
+    except Exception as exc:  # PIL raises many types for a broken or hostile file
+        raise VggtkError(f"{path}: {decode_failure(exc)}") from None

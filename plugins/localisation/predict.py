@@ -1,0 +1,175 @@
+"""``vggtk predict``: a user's own photos through trained nets: the top-5 classes of each (any evaluation
+protocol, the centre crop by default) and, given a localisation net, the box of its top class."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import typer
+from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
+from rich.console import Console
+from rich.table import Table
+
+import vgg_toolkit as vt
+
+from .evaluate import HEADS
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.suffix == ".safetensors" or (path.is_dir() and (path / "model.safetensors").is_file())
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The images named, and those in the folders named (sorted, recursively)."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise vt.VggtkError(f"{path}: no such image, folder or checkpoint")
+    if not found:
+        raise vt.VggtkError(f"no images in {', '.join(map(str, paths))}")
+    return found
+
+
+def predict_command(
+    paths: List[Path] = typer.Argument(..., help="Checkpoints (a directory or .safetensors; several classifiers form "
+                                       "an ensemble; a scr/pcr one adds boxes), then images or folders of images."),
+    method: str = typer.Option("center", help="Classification protocol: center, dense, multicrop, combined."),
+    out: Optional[Path] = typer.Option(None, help="Write the predictions as JSON, or CSV when the name ends in .csv."),
+    draw: Optional[Path] = typer.Option(None, help="Write each image with its box and label into this folder."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    on_error: str = typer.Option("fail", help="An unreadable image: fail | skip (counted and named)."),
+    plugin_options: dict | None = None,
+):
+    """Top-5 classes of each image, and with a localisation net its box; as a table, JSON or CSV."""
+    vt.check_policy(on_error)
+    checkpoints = [p for p in paths if is_checkpoint(p)]
+    if not checkpoints:
+        raise vt.VggtkError("name at least one checkpoint before the images (a directory holding model.safetensors, "
+                            "or a .safetensors file)")
+    images = image_files([p for p in paths if not is_checkpoint(p)])
+    if out is not None:
+        vt.check_output_file(out, "predictions")
+    if draw is not None and draw.exists() and not draw.is_dir():
+        raise vt.VggtkError(f"--draw {draw}: is a file; give a folder")
+    dev = vt.pick_device(device)
+    models = [vt.load_trained(p, dev, plugin_options, command="eval") for p in checkpoints]
+    classifiers = [m for m in models if vt.model_info(m).head == "classification"]
+    boxers = [m for m in models if vt.model_info(m).head in HEADS]
+    if not classifiers:
+        raise vt.VggtkError("name a classification checkpoint: the classes come from it (a localisation net only "
+                            "places the box)")
+    vt.check_same_classes(classifiers, names=[str(p) for p, m in zip(checkpoints, models) if m in classifiers])
+    classes = list(vt.model_info(classifiers[0]).classes or [])
+    for path, model in zip(checkpoints, models):
+        theirs = vt.model_info(model).classes
+        if classes and theirs is not None and list(theirs) != classes:
+            raise vt.VggtkError(f"{path}: was trained on other classes than {checkpoints[0]}")
+    evaluator = vt.get_evaluator(method)
+    channels = vt.model_info(classifiers[0]).in_chans or 3
+    rows, skipped = [], []
+    for path in images:
+        try:
+            image = vt.read_image(path, channels)
+        except vt.VggtkError as exc:
+            if on_error == "fail":
+                raise
+            skipped.append(str(exc))
+            continue
+        rows.append(_predict_one(path, image, classifiers, boxers, evaluator, classes))
+    console = Console(soft_wrap=True)
+    _print(console, rows)
+    if skipped:
+        console.print(vt.plain(f"skipped {len(skipped)} unreadable image(s); first: {skipped[0]}"), style="yellow")
+    if out is not None:
+        _write(out, rows)
+        console.print(vt.plain(f"predictions written to {out}"))
+    if draw is not None:
+        for row, path in zip(rows, [Path(r["image"]) for r in rows]):
+            _draw(path, row, draw / f"{path.stem}.png")
+        console.print(vt.plain(f"drawings written to {draw}"))
+
+
+def _predict_one(path: Path, image: torch.Tensor, classifiers, boxers, evaluator, classes) -> dict:
+    posteriors = 0
+    for model in classifiers:
+        device = next(model.parameters()).device
+        x = vt.normalize_on_device(image[None].to(device), vt.model_info(model).mean_rgb or [0.0, 0.0, 0.0])
+        with vt.mixed_precision(device):
+            posteriors = posteriors + evaluator(model, x)[0].float().cpu()
+    posteriors = posteriors / len(classifiers)
+    top = posteriors.topk(min(5, len(posteriors)))
+    row = {"image": str(path), "top5": [{"class": classes[i] if classes else str(i), "index": int(i),
+                                         "probability": round(float(p), 6)}
+                                        for p, i in zip(top.values, top.indices)]}
+    if boxers:
+        label = int(top.indices[0])
+        boxes = []
+        for model in boxers:  # protocol 1: the centre view's box, for the top class (PCR) or the one box
+            info = vt.model_info(model)
+            device = next(model.parameters()).device
+            q, crop = vt.test_scales_for(model)[0], info.input_size
+            x = vt.center_view(vt.normalize_on_device(image[None].to(device), info.mean_rgb or [0.0] * 3), q, crop)
+            with torch.no_grad(), vt.model_form(model, fully_conv=False):
+                codes = model(x).float().cpu()
+            if info.head == "pcr":
+                codes = codes.view(1, -1, 4)[:, label]
+            h, w = image.shape[-2:]
+            boxes.append(vt.boxes_from_center_view(vt.decode_boxes(codes, crop, crop), h, w, q, crop)[0])
+        box = torch.stack(boxes).mean(0)
+        row["box"] = {"class": row["top5"][0]["class"], "xyxy": [round(float(v), 2) for v in box]}
+    return row
+
+
+def _print(console: Console, rows: list[dict]) -> None:
+    table = Table(title="predictions")
+    for col in ("image", "top-5 (probability)", "box (x1, y1, x2, y2)"):
+        table.add_column(col, no_wrap=True)
+    for row in rows:
+        top5 = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top5"])
+        box = ", ".join(f"{v:g}" for v in row["box"]["xyxy"]) if "box" in row else "-"
+        table.add_row(vt.plain(row["image"]), vt.plain(top5), box)
+    vt.print_table(console, table)
+
+
+def _write(out: Path, rows: list[dict]) -> None:
+    if out.suffix.lower() == ".csv":
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(["image", "rank", "class", "probability", "x1", "y1", "x2", "y2"])
+        for row in rows:
+            box = row.get("box", {}).get("xyxy", [""] * 4)
+            for rank, top in enumerate(row["top5"], 1):
+                writer.writerow([row["image"], rank, top["class"], top["probability"], *(box if rank == 1 else [""] * 4)])
+        vt.write_text(out, text.getvalue())
+    else:
+        vt.write_text(out, json.dumps({"written_by": "vggtk", "predictions": rows}, indent=2) + "\n")
+
+
+def _draw(path: Path, row: dict, target: Path) -> None:
+    vt.check_output_file(target, "drawing")
+    image = Image.fromarray(vt.read_image(path, 3).permute(1, 2, 0).numpy())
+    canvas = ImageDraw.Draw(image)
+    label = f"{row['top5'][0]['class']} {row['top5'][0]['probability']:.2f}"
+    if "box" in row:
+        x1, y1, x2, y2 = row["box"]["xyxy"]
+        canvas.rectangle([x1, y1, x2, y2], outline=(255, 0, 0), width=max(1, min(image.size) // 100))
+        canvas.text((max(0, x1) + 2, max(0, y1) + 2), vt.one_line(label), fill=(255, 0, 0))
+    else:
+        canvas.text((2, 2), vt.one_line(label), fill=(255, 0, 0))
+    info = PngInfo()
+    info.add_text("Software", "vggtk")
+    with vt.atomic_file(target) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+
