@@ -270,3 +270,27 @@ def test_boxes_outside_their_image_or_inverted_are_refused_when_read(tmp_path):
         raw = next(iter_raw(str(tmp_path / f"{name}.tar")))
         with pytest.raises(DataError, match=rf"{name}.json\]: bad box annotation \(box 0 .*"):
             parse_sample(raw, 1)
+
+
+@needs_fmnist
+def test_garments_on_photos_rebuild_the_same_and_their_boxes_are_the_pasted_pixels(tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("vgg_toolkit.data.sources.garments_on_photos")  # the module, not the function
+
+    small = dict(train=20, val=10, test=10)
+    a = create_shards(module.garments_on_photos(**small), tmp_path / "a", samples_per_shard=25)
+    b = create_shards(module.garments_on_photos(**small), tmp_path / "b", samples_per_shard=25)
+    assert [(s.name, s.sha256) for sp in a.splits.values() for s in sp] == \
+        [(s.name, s.sha256) for sp in b.splits.values() for s in sp]
+    assert (a.samples("train"), a.samples("val"), a.samples("test"), a.channels) == (20, 10, 10, 3)
+    keys = {split: {k.rsplit("_", 1)[-1] for k, (sp, _, _) in read_all(a).items() if sp == split}
+            for split in ("train", "val", "test")}
+    assert not keys["train"] & keys["val"]  # never the same garment twice among the training file's
+    # On a black photo, the pasted pixels are the only bright ones: the box is exactly their extent.
+    monkeypatch.setattr(module, "_photo", lambda path: np.zeros((300, 300, 3), np.uint8))
+    for ref in module.garments_on_photos(**small).refs[:10]:
+        record = ref.load()
+        canvas = np.asarray(Image.open(io.BytesIO(record.image)))
+        ys, xs = np.nonzero(canvas.max(2) > 0)
+        assert record.boxes[0] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]

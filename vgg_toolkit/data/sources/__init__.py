@@ -13,6 +13,7 @@ from ...errors import VggtkError
 from .base import SPLITS, Source
 from .fashion_mnist import FASHION_MNIST_ROOT, fashion_mnist, read_idx
 from .files import image_folder, image_list
+from .garments_on_photos import garments_on_photos
 from .labelme_composites import localisation_source
 
 PACKAGED = {
@@ -20,6 +21,8 @@ PACKAGED = {
                                      "greyscale PNG"),
     "localisation": (localisation_source, "real objects on real photos with exact boxes (labelme-examples, "
                                           "scikit-image photos)"),
+    "garments-on-photos": (garments_on_photos, "Fashion-MNIST garments pasted on real photos, exact boxes: a "
+                                               "localisation set big enough to measure (56x56 RGB PNG)"),
 }
 
 

@@ -64,10 +64,8 @@ def _stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator, ex
     return sorted(picked)
 
 
-def fashion_mnist(root: str | Path | None = None, train: int = 12000, val: int = 2000, test: int = 2000,
-                  seed: int = 0) -> Source:
-    """A class-balanced subset of Fashion-MNIST: ``train`` and ``val`` drawn from its training file,
-    ``test`` from its test file, each the same number per class, 28x28 greyscale PNG."""
+def fashion_mnist_arrays(root: str | Path | None = None):
+    """((train images, labels), (test images, labels)) of Debian's Fashion-MNIST files, uint8 arrays."""
     root = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_ROOT)
     if not root.is_dir():
         raise VggtkError(f"{root}: Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or set "
@@ -80,12 +78,18 @@ def fashion_mnist(root: str | Path | None = None, train: int = 12000, val: int =
         if hit is None:
             raise VggtkError(f"{root}: {part}-{ubyte}(.gz) is missing")
         files[part] = read_idx(hit)
+    return (files["train-images"], files["train-labels"]), (files["t10k-images"], files["t10k-labels"])
+
+
+def fashion_mnist(root: str | Path | None = None, train: int = 12000, val: int = 2000, test: int = 2000,
+                  seed: int = 0) -> Source:
+    """A class-balanced subset of Fashion-MNIST: ``train`` and ``val`` drawn from its training file,
+    ``test`` from its test file, each the same number per class, 28x28 greyscale PNG."""
+    (tr_x, tr_y), (te_x, te_y) = fashion_mnist_arrays(root)
     for n, name in ((train, "train"), (val, "val"), (test, "test")):
         if n % 10:
             raise VggtkError(f"the {name} size ({n}) must be a multiple of 10 (the same count per class)")
     rng = np.random.default_rng(seed)
-    tr_x, tr_y = files["train-images"], files["train-labels"]
-    te_x, te_y = files["t10k-images"], files["t10k-labels"]
     train_idx = _stratified(tr_y, train // 10, rng)
     val_idx = _stratified(tr_y, val // 10, rng, exclude=frozenset(train_idx))
     test_idx = _stratified(te_y, test // 10, rng)
