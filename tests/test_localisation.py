@@ -241,6 +241,11 @@ def test_protocol_two_picks_its_merge_threshold_on_val_and_takes_a_given_one(cla
     missing = vggtk("eval", scr_net, "--data", SHARDS, "--task", "localisation", "--methods", "dense",
                     "--out", tmp_path / "m.json")
     assert missing.exit_code == 2 and "--classifier" in missing.stderr
+    cam = vggtk("eval", scr_net, "--data", SHARDS, "--task", "localisation", "--methods", "gradcam-box",
+                "--classifier", classifier, "--limit", 8, "--out", tmp_path / "cam.json")
+    assert cam.exit_code == 0, cam.output
+    row = json.loads((tmp_path / "cam.json").read_text())["results"][0]
+    assert "Grad-CAM box" in row["method"] and "picked on val" in row["method"] and row["images"] == 8
 
 
 # --- predict ------------------------------------------------------------------------------------------------------

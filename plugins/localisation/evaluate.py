@@ -8,6 +8,10 @@
   (``dense.merge``), the merge threshold picked on the validation split; several localisation
   checkpoints pool their boxes before the merge. Top-1 and top-5 localisation error.
 - ``center-box`` (baseline): a box of the training split's mean relative size, centred in the image.
+- ``gradcam-box`` (baseline, needs ``--classifier``): the classification net's own evidence for the true
+  class: Grad-CAM (Selvaraju et al. 2017) on the centre view at the deepest conv block whose map is at
+  least 4 x 4, upsampled, thresholded at a fraction of its maximum (picked on the val split), and the box
+  around what is above it.
 
 An image counts as localised when its box overlaps some ground-truth box of its class with IoU >= 0.5;
 the localisation error is the share of images that are not.
@@ -27,6 +31,7 @@ from .dense import candidates, merge
 
 METHODS = ("center", "center-box")  # "dense" needs --classifier, so it runs when asked for
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+CAM_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 HEADS = ("scr", "pcr")
 
 
@@ -199,8 +204,76 @@ def baseline_center_box(request: vt.EvalRequest) -> LocResult:
     return LocResult(f"centre box ({rw:.2f} x {rh:.2f} of the image)", "baseline", "-", seen, wrong, 0.0)
 
 
+def _cam_tap(model, crop: int) -> str:
+    if not isinstance(model, vt.FeatureTaps):
+        raise vt.VggtkError("--methods gradcam-box: the classifier has no feature taps to take Grad-CAM from")
+    blocks = sorted((t for t in model.feature_taps if t.startswith("block") and t[5:].isdigit()), key=lambda t: int(t[5:]))
+    usable = [t for t in blocks if crop // 2 ** int(t[5:]) >= 4]
+    if not usable:
+        raise vt.VggtkError("--methods gradcam-box: the classifier has no conv block with a map of 4 x 4 or more")
+    return usable[-1]
+
+
+def _cams(request: vt.EvalRequest, split: str, classifier) -> list:
+    """Per image: (Grad-CAM of its true class on the centre view, upsampled to the window; image size; label;
+    true boxes; their labels)."""
+    info = vt.model_info(classifier)
+    crop, q = info.input_size, vt.test_scales_for(classifier)[0]
+    tap, mean = _cam_tap(classifier, crop), vt.normalising_mean([classifier], request.manifest)
+    device = next(classifier.parameters()).device
+    out = []
+    for batch in vt.read_split(request.manifest, split, batch_size=request.batch_size, workers=request.workers,
+                               on_error=request.on_error, limit=request.limit if split == request.split else None,
+                               with_boxes=True):
+        x = vt.center_view(vt.normalize_on_device(batch.images.to(device), mean), q, crop)
+        with torch.enable_grad(), vt.model_form(classifier, fully_conv=False):
+            taps = classifier.forward_features(x, taps=(tap, "logits"))
+            score = taps["logits"].gather(1, batch.labels.to(device)[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, taps[tap])
+        cam = torch.relu((grad.mean((2, 3), keepdim=True) * taps[tap]).sum(1, keepdim=True)).detach()
+        cam = torch.nn.functional.interpolate(cam, size=(crop, crop), mode="bilinear", align_corners=False)[:, 0]
+        for i in range(len(batch.labels)):
+            out.append((cam[i].cpu(), batch.images.shape[-2:], int(batch.labels[i]), batch.boxes[i],
+                        batch.box_labels[i]))
+    return out, q, crop
+
+
+def _cam_box(cam: torch.Tensor, threshold: float, crop: int) -> torch.Tensor:
+    on = cam >= threshold * cam.max()
+    if cam.max() <= 0 or not on.any():  # no evidence: the whole window
+        return torch.tensor([0.0, 0.0, float(crop), float(crop)])
+    ys, xs = torch.nonzero(on, as_tuple=True)
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+
+
+def _cam_wrong(cams, q: int, crop: int, threshold: float) -> int:
+    wrong = 0
+    for cam, (h, w), label, gt, gt_labels in cams:
+        box = vt.boxes_from_center_view(_cam_box(cam, threshold, crop)[None], h, w, q, crop)[0]
+        wrong += not localised(box, gt, gt_labels, label)
+    return wrong
+
+
+def baseline_gradcam_box(request: vt.EvalRequest) -> list[LocResult]:
+    path = request.plugin_options.get("classifier")
+    if not path:
+        raise vt.VggtkError("--methods gradcam-box: the baseline takes its evidence from a classification net; "
+                            "name one with --classifier CKPT")
+    classifier = vt.load_trained(path, next(request.models[0].parameters()).device, command="eval")
+    vt.check_fits_data([classifier], request.manifest, [str(path)])
+    if "val" not in request.manifest.splits:
+        raise vt.VggtkError(f"{request.manifest.path}: no val split to pick the Grad-CAM threshold on")
+    val, q, crop = _cams(request, "val", classifier)
+    threshold = min(CAM_THRESHOLDS, key=lambda t: (_cam_wrong(val, q, crop, t), t))
+    start = time.perf_counter()
+    cams, q, crop = _cams(request, request.split, classifier)
+    wrong = _cam_wrong(cams, q, crop, threshold)
+    return [LocResult(f"Grad-CAM box at {threshold:g} of its peak (picked on val)", "baseline: "
+                      f"{vt.model_info(classifier).arch}", str(q), len(cams), wrong, time.perf_counter() - start)]
+
+
 RUNNERS = {"center": lambda r: [protocol_center(r)], "dense": protocol_dense,
-           "center-box": lambda r: [baseline_center_box(r)]}
+           "center-box": lambda r: [baseline_center_box(r)], "gradcam-box": baseline_gradcam_box}
 
 
 def localisation_task(request: vt.EvalRequest) -> dict:
