@@ -248,6 +248,124 @@ def test_protocol_two_picks_its_merge_threshold_on_val_and_takes_a_given_one(cla
     assert "Grad-CAM box" in row["method"] and "picked on val" in row["method"] and row["images"] == 8
 
 
+RANKING = [1.0, 5.0, 6.0, 4.0, 3.0, 2.0, 0.0]  # top-5: car, bus, chair, sticky notes, index cards
+FRACTIONS = [[0.0, 0.0, 1.0, 1.0], [0.3, 0.15, 0.7, 0.85], [0.9, 0.54, 1.0, 0.77], [0.15, 0.3, 0.9, 0.85],
+             [0.1, 0.4, 0.7, 0.85], [0.3, 0.5, 0.9, 0.9], [0.3, 0.3, 0.8, 0.7]]
+
+
+class Windows(torch.nn.Module):
+    """A hand-built fully-convolutional 'network': a window of ``input_size`` pixels every 32 and, for
+    each window, a fixed answer (``answer``)."""
+
+    output_stride = 32
+
+    def __init__(self, num_classes=7, *, in_chans=3, input_size=64):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a parameter, so the model has a device
+        self.crop, self.fully_conv = input_size, False
+
+    def to_fully_conv(self):
+        self.fully_conv = True
+        return self
+
+    def to_linear(self):
+        self.fully_conv = False
+        return self
+
+    def forward(self, x):
+        assert self.fully_conv, "protocol 2 runs the nets fully-convolutionally"
+        height, width = x.shape[-2:]
+        rows, cols = (height - self.crop) // 32 + 1, (width - self.crop) // 32 + 1
+        return self.answer(len(x), height, width, rows, cols) + 0 * self.anchor
+
+
+class Ranking(Windows):
+    """A classifier whose scores rank the classes as ``RANKING`` everywhere."""
+
+    def answer(self, n, height, width, rows, cols):
+        return torch.tensor(RANKING)[None, :, None, None].expand(n, -1, rows, cols)
+
+
+class Boxes(Windows):
+    """A PCR localiser whose window at (i, j) answers class c with the box covering ``FRACTIONS[c]`` of
+    the whole input, in the window's own coordinates: every window agrees, whatever the merge does."""
+
+    def answer(self, n, height, width, rows, cols):
+        boxes = torch.tensor(FRACTIONS) * torch.tensor([width, height, width, height])
+        out = torch.empty(n, len(boxes), 4, rows, cols)
+        for i in range(rows):
+            for j in range(cols):
+                mine = boxes - torch.tensor([32.0 * j, 32.0 * i] * 2)
+                centre, size = (mine[:, :2] + mine[:, 2:]) / 2, mine[:, 2:] - mine[:, :2]
+                out[..., i, j] = torch.cat([centre, size], 1) / self.crop
+        return out.view(n, -1, rows, cols)
+
+
+def test_protocol_two_on_hand_built_nets_with_known_answers(host, tmp_path):
+    from vgg_toolkit.plugins.localisation.evaluate import protocol_dense
+
+    class Plugin:
+        @vt.hookimpl
+        def vggtk_register_architectures(self, register):
+            register("ranking", Ranking)
+            register("boxes", Boxes)
+
+    host.register(Plugin(), "hand-built")
+    manifest = vt.Manifest.load(SHARDS)
+
+    def built(arch, head):
+        model = vt.create_model(arch, num_classes=7 * (4 if head == "pcr" else 1), input_size=64)
+        info = vt.model_info(model).trained_on(manifest.classes, vt.TrainScale(96, 96), manifest.stats.mean_rgb_255,
+                                               head=head)
+        return vt.set_model_info(model, info)
+
+    vt.save_weights(built("ranking", "classification"), tmp_path / "ranking.safetensors")  # --classifier
+    request = vt.EvalRequest([built("boxes", "pcr")], ["boxes"], manifest, "test", None, {"scales": [96]},
+                             plugin_options={"classifier": tmp_path / "ranking.safetensors"})
+    top1, top5 = protocol_dense(request)
+    # Every window agrees, so whatever threshold val picks, each class's merged box is its fraction of the
+    # image as the net saw it: rescaled to Q = 96 (long side with an even margin round a 64 crop), then
+    # trimmed, centred, to a multiple of 32.
+    expected1 = expected5 = 0
+    for batch in vt.read_split(manifest, "test", batch_size=1, with_boxes=True):
+        h, w = batch.images.shape[-2:]
+        new_h, new_w = vt.rescaled_size(h, w, 96, 64)
+        trim_h, trim_w = new_h - new_h % 32, new_w - new_w % 32
+        top, left = (new_h - trim_h) // 2, (new_w - trim_w) // 2
+        label = int(batch.labels[0])
+        seen = torch.tensor(FRACTIONS[label]) * torch.tensor([trim_w, trim_h] * 2) + torch.tensor([left, top] * 2)
+        box = seen * torch.tensor([w / new_w, h / new_h] * 2)
+        gt = batch.boxes[0][batch.box_labels[0] == label]
+        right = bool((vt.iou(box[None], gt) >= 0.5).any())
+        expected5 += not (right and label in (1, 2, 3, 4, 5))
+        expected1 += not (right and label == 2)
+    assert (top1.images, top1.wrong, top5.wrong) == (48, expected1, expected5)
+    assert "picked on val" in top1.method and top5.method.endswith("top-5")
+    assert expected5 < expected1 < 48  # the known boxes are right on some images, and top-5 helps
+
+
+def test_eval_draws_sample_images_with_true_and_predicted_boxes(scr_net, tmp_path):
+    from PIL import Image
+
+    from vgg_toolkit.plugins.localisation.drawing import METHOD_COLOURS, TRUE
+
+    grid = tmp_path / "boxes.png"
+    args = ["eval", scr_net, "--data", SHARDS, "--task", "localisation", "--methods", "center,center-box",
+            "--out", tmp_path / "e.json", "--boxes-png", grid]
+    result = vggtk(*args)
+    assert result.exit_code == 0, result.output
+    picture = Image.open(grid)
+    assert picture.info.get("Software") == "vggtk"  # ours, so the next run may replace it
+    colours = {colour for _, colour in picture.convert("RGB").getcolors(1 << 20)}
+    assert {TRUE, METHOD_COLOURS[0], METHOD_COLOURS[1]} <= colours  # true boxes and both methods' boxes
+    assert METHOD_COLOURS[2] not in colours
+    assert vggtk(*args).exit_code == 0  # its own picture is replaced
+    grid.write_bytes(b"someone else's")
+    refused = vggtk(*args)
+    assert refused.exit_code == 2 and "not written by vggtk" in refused.stderr
+    assert grid.read_bytes() == b"someone else's"
+
+
 # --- predict ------------------------------------------------------------------------------------------------------
 def test_predict_gives_top5_classes_and_a_box_for_a_users_photos(classifier, scr_net, tmp_path):
     import skimage.data

@@ -11,6 +11,9 @@ from .heads import RegressionHead
 from .predict import predict_command
 
 
+EVAL_ONLY = ("classifier", "merge_iou", "boxes_png")
+
+
 @hookimpl
 def vggtk_register_heads(register):
     register("scr", partial(RegressionHead, per_class=False), task="localisation",
@@ -31,8 +34,11 @@ def vggtk_register_options(register):
                         "top-5 classes the boxes are for.", commands=("eval",)))
     register(OptionSpec("merge_iou", float, None, "Localisation protocol 2: the IoU at which boxes merge "
                         "[default: picked on the val split].", commands=("eval",)))
+    register(OptionSpec("boxes_png", str, None, "Localisation: draw the first 16 images with their true and "
+                        "predicted boxes (one colour per method) into this PNG.", commands=("eval",)))
 
 
 @hookimpl
 def vggtk_register_commands(app):
-    app.command(name="predict")(with_plugin_options("eval")(predict_command))
+    # predict runs nets as eval does (backend options and all) but has no protocol 2 and draws its own pictures
+    app.command(name="predict")(with_plugin_options("eval", exclude=EVAL_ONLY)(predict_command))

@@ -20,7 +20,7 @@ the localisation error is the share of images that are not.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from rich.table import Table
@@ -28,8 +28,11 @@ from rich.table import Table
 import vgg_toolkit as vt
 
 from .dense import candidates, merge
+from .drawing import box_grid
+from .scoring import localised
 
 METHODS = ("center", "center-box")  # "dense" needs --classifier, so it runs when asked for
+SAMPLES = 16  # images in the --boxes-png grid
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 CAM_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 HEADS = ("scr", "pcr")
@@ -43,6 +46,7 @@ class LocResult:
     images: int
     wrong: int
     seconds: float
+    boxes: list = field(default_factory=list, repr=False)  # the first SAMPLES images' boxes, for the grid
 
     @property
     def error(self) -> float:
@@ -51,12 +55,6 @@ class LocResult:
     def to_json(self) -> dict:
         return {"method": self.method, "config": self.config, "test_scales": self.test_scales, "images": self.images,
                 "loc_err_pct": round(self.error, 6), "seconds": round(self.seconds, 6)}
-
-
-def localised(box: torch.Tensor, boxes: torch.Tensor, box_labels: torch.Tensor, label: int) -> bool:
-    """Whether ``box`` overlaps some ground-truth box of class ``label`` with IoU >= 0.5."""
-    mine = boxes[box_labels == label]
-    return bool(len(mine)) and bool((vt.iou(box[None], mine) >= vt.CORRECT_IOU).any())
 
 
 def _check_heads(models, names) -> list:
@@ -83,6 +81,7 @@ def protocol_center(request: vt.EvalRequest) -> LocResult:
     means = [vt.normalising_mean([m], request.manifest) for m in request.models]
     wrong = seen = 0
     seconds = 0.0
+    kept = []
     for batch in vt.read_split(request.manifest, request.split, batch_size=request.batch_size,
                                workers=request.workers, on_error=request.on_error, limit=request.limit,
                                with_boxes=True):
@@ -103,9 +102,10 @@ def protocol_center(request: vt.EvalRequest) -> LocResult:
         for box, label, gt, gt_labels in zip(boxes, batch.labels.tolist(), batch.boxes, batch.box_labels):
             wrong += not localised(box, gt, gt_labels, label)
             seen += 1
+        kept.extend(boxes[:SAMPLES - len(kept)])
     names = " + ".join(vt.model_info(m).arch for m in request.models)
     return LocResult("centre crop, " + ("true class's box" if "pcr" in heads else "one box"), names,
-                     ",".join(map(str, sorted(set(scales)))), seen, wrong, seconds)
+                     ",".join(map(str, sorted(set(scales)))), seen, wrong, seconds, kept)
 
 
 def _dense_guesses(request: vt.EvalRequest, split: str, classifier, heads) -> list:
@@ -167,11 +167,12 @@ def protocol_dense(request: vt.EvalRequest) -> list[LocResult]:
     guesses = _dense_guesses(request, request.split, classifier, heads)
     wrong1, wrong5 = _dense_errors(guesses, threshold)
     seconds = time.perf_counter() - start
+    top1_boxes = [merge(found[classes[0]], threshold) for _, _, _, classes, found in guesses[:SAMPLES]]
     names = " + ".join(vt.model_info(m).arch for m in request.models)
     multi = request.options.get("multi_scale", False)
     scales = ",".join(map(str, vt.test_scales_for(request.models[0], request.options.get("scales"), multi=multi)))
     method = f"dense, merged at IoU >= {threshold:g} ({picked})"
-    return [LocResult(method + ", top-1", names, scales, len(guesses), wrong1, seconds),
+    return [LocResult(method + ", top-1", names, scales, len(guesses), wrong1, seconds, top1_boxes),
             LocResult(method + ", top-5", names, scales, len(guesses), wrong5, seconds)]
 
 
@@ -193,6 +194,7 @@ def mean_relative_size(manifest: vt.Manifest) -> tuple[float, float]:
 def baseline_center_box(request: vt.EvalRequest) -> LocResult:
     rw, rh = mean_relative_size(request.manifest)
     wrong = seen = 0
+    kept = []
     for batch in vt.read_split(request.manifest, request.split, batch_size=request.batch_size,
                                workers=request.workers, on_error=request.on_error, limit=request.limit,
                                with_boxes=True):
@@ -201,7 +203,8 @@ def baseline_center_box(request: vt.EvalRequest) -> LocResult:
         for label, gt, gt_labels in zip(batch.labels.tolist(), batch.boxes, batch.box_labels):
             wrong += not localised(box, gt, gt_labels, label)
             seen += 1
-    return LocResult(f"centre box ({rw:.2f} x {rh:.2f} of the image)", "baseline", "-", seen, wrong, 0.0)
+        kept.extend([box] * min(len(batch.labels), SAMPLES - len(kept)))
+    return LocResult(f"centre box ({rw:.2f} x {rh:.2f} of the image)", "baseline", "-", seen, wrong, 0.0, kept)
 
 
 def _cam_tap(model, crop: int) -> str:
@@ -246,12 +249,13 @@ def _cam_box(cam: torch.Tensor, threshold: float, crop: int) -> torch.Tensor:
     return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
 
 
-def _cam_wrong(cams, q: int, crop: int, threshold: float) -> int:
-    wrong = 0
+def _cam_boxes(cams, q: int, crop: int, threshold: float) -> tuple[int, list]:
+    """(images not localised, their boxes in image pixels)."""
+    wrong, boxes = 0, []
     for cam, (h, w), label, gt, gt_labels in cams:
-        box = vt.boxes_from_center_view(_cam_box(cam, threshold, crop)[None], h, w, q, crop)[0]
-        wrong += not localised(box, gt, gt_labels, label)
-    return wrong
+        boxes.append(vt.boxes_from_center_view(_cam_box(cam, threshold, crop)[None], h, w, q, crop)[0])
+        wrong += not localised(boxes[-1], gt, gt_labels, label)
+    return wrong, boxes
 
 
 def baseline_gradcam_box(request: vt.EvalRequest) -> list[LocResult]:
@@ -264,16 +268,26 @@ def baseline_gradcam_box(request: vt.EvalRequest) -> list[LocResult]:
     if "val" not in request.manifest.splits:
         raise vt.VggtkError(f"{request.manifest.path}: no val split to pick the Grad-CAM threshold on")
     val, q, crop = _cams(request, "val", classifier)
-    threshold = min(CAM_THRESHOLDS, key=lambda t: (_cam_wrong(val, q, crop, t), t))
+    threshold = min(CAM_THRESHOLDS, key=lambda t: (_cam_boxes(val, q, crop, t)[0], t))
     start = time.perf_counter()
     cams, q, crop = _cams(request, request.split, classifier)
-    wrong = _cam_wrong(cams, q, crop, threshold)
+    wrong, boxes = _cam_boxes(cams, q, crop, threshold)
     return [LocResult(f"Grad-CAM box at {threshold:g} of its peak (picked on val)", "baseline: "
-                      f"{vt.model_info(classifier).arch}", str(q), len(cams), wrong, time.perf_counter() - start)]
+                      f"{vt.model_info(classifier).arch}", str(q), len(cams), wrong, time.perf_counter() - start,
+                      boxes[:SAMPLES])]
 
 
 RUNNERS = {"center": lambda r: [protocol_center(r)], "dense": protocol_dense,
            "center-box": lambda r: [baseline_center_box(r)], "gradcam-box": baseline_gradcam_box}
+
+
+def _draw_grid(request: vt.EvalRequest, results: list[LocResult], target) -> None:
+    samples = []
+    for batch in vt.read_split(request.manifest, request.split, batch_size=SAMPLES, on_error=request.on_error,
+                               limit=SAMPLES, with_boxes=True):
+        samples += list(zip(batch.images, batch.labels.tolist(), batch.boxes, batch.box_labels))
+    methods = [(f"{r.config}: {r.method}", r.boxes) for r in results if r.boxes]
+    box_grid(samples, methods, list(request.manifest.classes), target)
 
 
 def localisation_task(request: vt.EvalRequest) -> dict:
@@ -282,6 +296,9 @@ def localisation_task(request: vt.EvalRequest) -> dict:
     if unknown:
         raise vt.VggtkError(f"--methods: {', '.join(unknown)}: not a localisation protocol; known: "
                             f"{', '.join(RUNNERS)}")
+    grid = request.plugin_options.get("boxes_png")
+    if grid is not None:
+        grid = vt.check_output_file(grid, "box grid")
     results = [result for m in methods for result in RUNNERS[m](request)]
     table = Table(title=vt.plain(f"{request.manifest.name or request.manifest.root.name} / {request.split}: "
                                  "localisation error (%)"))
@@ -293,4 +310,7 @@ def localisation_task(request: vt.EvalRequest) -> dict:
     vt.print_table(request.console, table)
     request.console.print("an image is localised when its box overlaps a true box of its class with IoU >= 0.5",
                           markup=False)
+    if grid is not None:
+        _draw_grid(request, results, grid)
+        request.console.print(vt.plain(f"true and predicted boxes of {SAMPLES} {request.split} images drawn in {grid}"))
     return {"error_unit": "percent", "results": [r.to_json() for r in results]}

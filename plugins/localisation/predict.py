@@ -11,13 +11,13 @@ from typing import List, Optional
 
 import torch
 import typer
-from PIL import Image, ImageDraw
-from PIL.PngImagePlugin import PngInfo
+from PIL import ImageDraw
 from rich.console import Console
 from rich.table import Table
 
 import vgg_toolkit as vt
 
+from .drawing import draw_box, save_png, to_pil
 from .evaluate import HEADS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -159,17 +159,11 @@ def _write(out: Path, rows: list[dict]) -> None:
 
 def _draw(path: Path, row: dict, target: Path) -> None:
     vt.check_output_file(target, "drawing")
-    image = Image.fromarray(vt.read_image(path, 3).permute(1, 2, 0).numpy())
+    image = to_pil(vt.read_image(path, 3))
     canvas = ImageDraw.Draw(image)
     label = f"{row['top5'][0]['class']} {row['top5'][0]['probability']:.2f}"
     if "box" in row:
-        x1, y1, x2, y2 = row["box"]["xyxy"]
-        canvas.rectangle([x1, y1, x2, y2], outline=(255, 0, 0), width=max(1, min(image.size) // 100))
-        canvas.text((max(0, x1) + 2, max(0, y1) + 2), vt.one_line(label), fill=(255, 0, 0))
+        draw_box(canvas, row["box"]["xyxy"], (255, 0, 0), label, width=max(1, min(image.size) // 100))
     else:
         canvas.text((2, 2), vt.one_line(label), fill=(255, 0, 0))
-    info = PngInfo()
-    info.add_text("Software", "vggtk")
-    with vt.atomic_file(target) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
-
+    save_png(image, target)

@@ -41,16 +41,16 @@ def _help(spec: OptionSpec) -> str:
     return text
 
 
-def with_plugin_options(command: str) -> Callable:
+def with_plugin_options(command: str, exclude: tuple[str, ...] = ()) -> Callable:
     """Decorator for a command function taking ``plugin_options: dict``: adds the options plugins declare
-    for ``command`` (read when the app is built, so newly installed plugins appear), and passes the
-    given ones (omitted ones are left out) in that dict."""
+    for ``command`` (read when the app is built, so newly installed plugins appear), but those named in
+    ``exclude``, and passes the given ones (omitted ones are left out) in that dict."""
 
     def wrap(func: Callable) -> Callable:
         signature = inspect.signature(func, eval_str=True)  # the wrapper's module cannot resolve them later
         base = [p for p in signature.parameters.values() if p.name != PLUGIN_OPTIONS]
         taken = {p.name for p in base}
-        specs = [s for s in declared_options(command) if s.name not in taken]
+        specs = [s for s in declared_options(command) if s.name not in taken and s.name not in exclude]
 
         @functools.wraps(func)
         def command_function(**kwargs: Any):
