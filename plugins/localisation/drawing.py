@@ -11,6 +11,8 @@ from PIL.PngImagePlugin import PngInfo
 
 import vgg_toolkit as vt
 
+from .scoring import localised
+
 TRUE = (0, 200, 0)
 # Distinct on photos and for the common colour-vision deficiencies (Okabe-Ito), one per method.
 METHOD_COLOURS = [(230, 159, 0), (86, 180, 233), (204, 121, 167), (213, 94, 0), (0, 114, 178), (240, 228, 66)]
@@ -44,8 +46,6 @@ def box_grid(samples: list, methods: list[tuple[str, list]], classes: list[str],
     """``samples``: (image CHW uint8, label, true boxes, their labels) per image; ``methods``: (name, one
     predicted box per image, in image pixels). Each tile shows the image with its true boxes of its class
     in green and each method's box in that method's colour, ``ok`` when it localises the object."""
-    from .evaluate import localised
-
     tiles = []
     for i, (image, label, gt, gt_labels) in enumerate(samples):
         picture = to_pil(image)
