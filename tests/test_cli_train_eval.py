@@ -162,8 +162,9 @@ def test_training_counts_and_names_skipped_samples(source, shards, tmp_path, mon
     assert result.exit_code == 0, result.output
     assert "epoch 1: skipped 1 unreadable training sample(s)" in result.output
     assert member in result.output.replace("\n", "")
-    epoch = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()][-1]
-    assert epoch["event"] == "epoch" and epoch["train_skipped"] == 1
+    records = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    epoch = [r for r in records if r["event"] == "epoch"][-1]
+    assert records[-1]["event"] == "test" and epoch["train_skipped"] == 1
     more = stream_train(data, tmp_path / "skip", "--on-error", "skip", "--epochs", 2)
     assert more.exit_code == 0, more.output
     epochs = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()

@@ -294,3 +294,28 @@ def test_garments_on_photos_rebuild_the_same_and_their_boxes_are_the_pasted_pixe
         canvas = np.asarray(Image.open(io.BytesIO(record.image)))
         ys, xs = np.nonzero(canvas.max(2) > 0)
         assert record.boxes[0] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+@needs_fmnist
+def test_garments_read_from_the_bundled_shards_are_the_idx_files_garments():
+    from vgg_toolkit.data.sources.fashion_mnist import fashion_mnist_arrays
+
+    (idx_x, idx_y, _), (idx_tx, idx_ty, _) = fashion_mnist_arrays(FASHION_MNIST_ROOT)
+    (x, y, ids), (tx, ty, tids) = fashion_mnist_arrays(SHARDS / "fashion-mnist")
+    assert (len(x), len(tx)) == (14000, 2000) and len(set(ids.tolist())) == 14000
+    assert np.array_equal(x, idx_x[ids]) and np.array_equal(y, idx_y[ids])
+    assert np.array_equal(tx, idx_tx[tids]) and np.array_equal(ty, idx_ty[tids])
+
+
+def test_garments_on_photos_build_from_the_bundled_shards_without_the_debian_package(tmp_path):
+    from vgg_toolkit.data.sources import garments_on_photos
+
+    source = garments_on_photos(SHARDS / "fashion-mnist", train=30, val=10, test=10)
+    manifest = create_shards(source, tmp_path / "set", samples_per_shard=50)
+    assert manifest.extra["source"]["garments"] == "fashion-mnist shards"
+    bundled = {raw["__key__"].rsplit("_", 1)[-1] for split in ("train", "val")
+               for path in Manifest.load(SHARDS / "fashion-mnist").shard_paths(split) for raw in iter_raw(str(path))}
+    train_keys = {k.rsplit("_", 1)[-1] for k, (sp, _, _) in read_all(manifest).items() if sp != "test"}
+    assert train_keys <= bundled  # keys still name the garment's index in the IDX training file
+    with pytest.raises(VggtkError, match="shards are no source for it"):
+        fashion_mnist(SHARDS / "fashion-mnist")

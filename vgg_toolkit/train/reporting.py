@@ -113,7 +113,10 @@ class TrainReporter:
                     "run the same command again to resume")
 
     def summary(self, result: dict) -> None:
-        table = Table(title="Training finished")
+        if result.get("test"):  # kept beside the epochs, so a script reads them without parsing the table
+            self._log({"event": "test", "step": result["step"], "checkpoint": str(result.get("tested")),
+                       "errors_pct": result["test"]})
+        table = Table(title="Training finished", show_header=False)
         table.add_column("", no_wrap=True)
         table.add_column("", no_wrap=True)
         best = result.get("best_val") or {}

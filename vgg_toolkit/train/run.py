@@ -40,6 +40,7 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     if "test" in manifest.splits:
         best = run_dir / "best"
         path = best if best.is_dir() else Path(result["checkpoint"])
+        result["tested"] = path
         model = load_trained(path, pick_device(config.device), config.runtime, command="train")
         task = get_host().registry("heads").get(config.head).info.get("task", "classification")
         if task == "classification":

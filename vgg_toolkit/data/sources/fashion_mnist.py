@@ -64,12 +64,25 @@ def _stratified(labels: np.ndarray, per_class: int, rng: np.random.Generator, ex
     return sorted(picked)
 
 
+def fashion_mnist_root(root: str | Path | None = None) -> Path:
+    """Where Fashion-MNIST is read from: ``root``, else $VGGTK_FASHION_MNIST, else the Debian package."""
+    return Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_ROOT)
+
+
+def from_shards(root: str | Path | None = None) -> bool:
+    return (fashion_mnist_root(root) / "manifest.json").is_file()
+
+
 def fashion_mnist_arrays(root: str | Path | None = None):
-    """((train images, labels), (test images, labels)) of Debian's Fashion-MNIST files, uint8 arrays."""
-    root = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_ROOT)
+    """((train images, labels, indices), (test images, labels, indices)) of Debian's Fashion-MNIST files,
+    uint8 arrays; the indices are each image's place in its IDX file."""
+    root = fashion_mnist_root(root)
     if not root.is_dir():
         raise VggtkError(f"{root}: Fashion-MNIST not found (apt-get install dataset-fashion-mnist, or set "
-                         f"{FASHION_MNIST_ENV} / --data-root to a folder with its IDX files)")
+                         f"{FASHION_MNIST_ENV} / --data-root to a folder with its IDX files, or to a "
+                         f"fashion-mnist shard directory such as the bundled shards/fashion-mnist)")
+    if from_shards(root):
+        return _arrays_from_shards(root)
     files = {}
     for part in ("train-images", "train-labels", "t10k-images", "t10k-labels"):
         ubyte = "idx3-ubyte" if "images" in part else "idx1-ubyte"
@@ -78,14 +91,48 @@ def fashion_mnist_arrays(root: str | Path | None = None):
         if hit is None:
             raise VggtkError(f"{root}: {part}-{ubyte}(.gz) is missing")
         files[part] = read_idx(hit)
-    return (files["train-images"], files["train-labels"]), (files["t10k-images"], files["t10k-labels"])
+    return ((files["train-images"], files["train-labels"], np.arange(len(files["train-labels"]))),
+            (files["t10k-images"], files["t10k-labels"], np.arange(len(files["t10k-labels"]))))
+
+
+def _arrays_from_shards(root: Path):
+    """The same, from shards this source wrote (keys name the index in the IDX file): the bundled subset
+    lets the sources built on Fashion-MNIST run where the Debian package cannot be installed. The third
+    array of each pair gives each image's index in its IDX file."""
+    from ..shards.manifest import Manifest
+    from ..shards.reader import iter_raw
+
+    manifest = Manifest.load(root)
+    if manifest.classes != FASHION_MNIST_CLASSES:
+        raise VggtkError(f"{manifest.path}: not Fashion-MNIST shards (classes {manifest.classes[:3]}...)")
+    parts = {"train": ([], [], []), "t10k": ([], [], [])}
+    for split in ("train", "val", "test"):
+        for path in manifest.shard_paths(split):
+            for raw in iter_raw(str(path)):
+                file, _, index = raw["__key__"].rpartition("_")
+                part = parts.get(file.removeprefix("fmnist_"))
+                if part is None or not index.isdigit():
+                    raise VggtkError(f"{path}: {raw['__key__']} is not a Fashion-MNIST key (fmnist_train_N or "
+                                     f"fmnist_t10k_N)")
+                with Image.open(io.BytesIO(raw["png"])) as img:
+                    part[0].append(np.asarray(img.convert("L")))
+                part[1].append(int(raw["cls"]))
+                part[2].append(int(index))
+    return tuple((np.stack(x), np.array(y, dtype=np.uint8), np.array(i)) for x, y, i in parts.values())
+
+
+def _idx_only(root):
+    """Only the IDX files define the balanced subset; a subset of it cannot rebuild itself."""
+    if from_shards(root):
+        raise VggtkError(f"{fashion_mnist_root(root)}: the fashion-mnist source draws from the IDX files; shards are no source for it")
+    return fashion_mnist_arrays(root)
 
 
 def fashion_mnist(root: str | Path | None = None, train: int = 12000, val: int = 2000, test: int = 2000,
                   seed: int = 0) -> Source:
     """A class-balanced subset of Fashion-MNIST: ``train`` and ``val`` drawn from its training file,
     ``test`` from its test file, each the same number per class, 28x28 greyscale PNG."""
-    (tr_x, tr_y), (te_x, te_y) = fashion_mnist_arrays(root)
+    (tr_x, tr_y, _), (te_x, te_y, _) = _idx_only(root)
     for n, name in ((train, "train"), (val, "val"), (test, "test")):
         if n % 10:
             raise VggtkError(f"the {name} size ({n}) must be a multiple of 10 (the same count per class)")

@@ -19,7 +19,7 @@ from PIL import Image
 from ...errors import VggtkError
 from ..shards.records import Record
 from .base import Source
-from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_LICENCE, fashion_mnist_arrays
+from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_LICENCE, fashion_mnist_arrays, from_shards
 from .labelme_composites import BACKGROUNDS, _skimage_dir
 
 SIDE = 56  # under 64 px: the small-image recipe (S in [32, 40], 32 crops) trains it quickly
@@ -71,8 +71,8 @@ def _photo(path: str) -> np.ndarray:
 
 def garments_on_photos(root=None, train: int = 20000, val: int = 2000, test: int = 5000, seed: int = 0) -> Source:
     """``train`` + ``val`` garments from Fashion-MNIST's 60,000 training images, ``test`` from its 10,000
-    test images, each pasted on a crop of a real photo (see the module docstring)."""
-    (train_x, train_y), (test_x, test_y) = fashion_mnist_arrays(root)
+    test images (or from the 14,000 and 2,000 of a fashion-mnist shard directory given as ``root``), each pasted on a crop of a real photo (see the module docstring)."""
+    (train_x, train_y, train_ids), (test_x, test_y, test_ids) = fashion_mnist_arrays(root)
     if train + val > len(train_x) or test > len(test_x):
         raise VggtkError(f"garments-on-photos: train + val may be at most {len(train_x):,} and test at most "
                          f"{len(test_x):,}")
@@ -80,13 +80,15 @@ def garments_on_photos(root=None, train: int = 20000, val: int = 2000, test: int
     rng = np.random.default_rng(seed)
     order, test_order = rng.permutation(len(train_x)), rng.permutation(len(test_x))
     refs = []
-    for split, picks, xs, ys in (("train", order[:train], train_x, train_y), ("val", order[train:train + val],
-                                 train_x, train_y), ("test", test_order[:test], test_x, test_y)):
+    for split, picks, xs, ys, ids in (("train", order[:train], train_x, train_y, train_ids),
+                                      ("val", order[train:train + val], train_x, train_y, train_ids),
+                                      ("test", test_order[:test], test_x, test_y, test_ids)):
         for i in picks.tolist():
-            refs.append(GarmentRef(f"garment_{split}_{i:05d}", xs[i], int(ys[i]), split,
+            refs.append(GarmentRef(f"garment_{split}_{ids[i]:05d}", xs[i], int(ys[i]), split,
                                    backgrounds[int(rng.integers(len(backgrounds)))], int(rng.integers(2**62))))
     return Source("garments-on-photos", list(FASHION_MNIST_CLASSES), refs, channels=3, info={
         "source": {"kind": "garments-on-photos", "packages": ["dataset-fashion-mnist", "scikit-image"], "seed": seed,
+                   "garments": "fashion-mnist shards" if from_shards(root) else "IDX files",
                    "side": SIDE, "garment_side": list(GARMENT),
                    "note": "one Fashion-MNIST garment pasted on a crop of a real photo; box = the pasted pixels' "
                            "extent; keys give the garment's index in its Fashion-MNIST file (train/val: training "
