@@ -23,7 +23,7 @@ def photos() -> list[dict]:
     """The real annotated photos of the bundled localisation set (JPEG, several boxes each)."""
     manifest = Manifest.load(SHARDS / "localisation")
     out = []
-    for raw in iter_raw(str(manifest.shard_paths("test")[0])):
+    for raw in iter_raw(str(manifest.shard_locations("test")[0])):
         if raw["__key__"].startswith("photo_"):
             out.append(raw)
     assert out
@@ -184,7 +184,7 @@ def test_colour_shift_follows_the_manifest_statistics(host, one_thread):
 
 def test_greyscale_becomes_three_channels_or_stays_one(host):
     fm = Manifest.load(SHARDS / "fashion-mnist")
-    raw = next(iter_raw(str(fm.shard_paths("val")[0])))
+    raw = next(iter_raw(str(fm.shard_locations("val")[0])))
     one = decode(raw["png"])
     assert one.shape == (1, 28, 28)
     three = Pipeline(["channels"])({"image": one.clone(), "label": 0}, gen(0))["image"]
@@ -235,7 +235,7 @@ def test_third_party_augmentation_receives_a_decoded_tensor(host):
 
 def test_small_image_smaller_than_the_crop_is_a_clear_error(host):
     fm = Manifest.load(SHARDS / "fashion-mnist")
-    raw = next(iter_raw(str(fm.shard_paths("val")[0])))
+    raw = next(iter_raw(str(fm.shard_locations("val")[0])))
     with pytest.raises(DataError, match=r"28x28 is smaller than the 32x32 crop \(rescale first"):
         Pipeline([("random_crop", {"size": 32})])(parse_sample(raw, 10), gen(0))
 

@@ -144,7 +144,7 @@ def test_training_counts_and_names_skipped_samples(source, shards, tmp_path, mon
     shutil.copytree(shards, data)
     # A source image that was already broken when the shard was written: the shard itself is sound.
     manifest = Manifest.load(data)
-    tar = manifest.shard_paths("train")[0]
+    tar = Path(manifest.shard_locations("train")[0])
     records = [Record(raw["__key__"], raw["png"], "png", int(raw["cls"])) for raw in iter_raw(str(tar))]
     bad = records[0]
     records[0] = Record(bad.key, bad.image[:8] + bytes(len(bad.image) - 8), "png", bad.label)

@@ -24,11 +24,11 @@ def real_records(n: int) -> list[Record]:
     fm = Manifest.load(SHARDS / "fashion-mnist")
     loc = Manifest.load(SHARDS / "localisation")
     out = []
-    for raw in iter_raw(str(fm.shard_paths("val")[0])):
+    for raw in iter_raw(str(fm.shard_locations("val")[0])):
         out.append(Record(raw["__key__"], raw["png"], "png", int(raw["cls"])))
         if len(out) == n // 2:
             break
-    for raw in iter_raw(str(loc.shard_paths("val")[0])):
+    for raw in iter_raw(str(loc.shard_locations("val")[0])):
         out.append(Record(raw["__key__"], raw["jpg"], "jpg", int(raw["cls"]) % 10))
         if len(out) == n:
             break
@@ -43,7 +43,7 @@ def write_set(root: Path, records: list[Record], per_shard: int = 4) -> Manifest
         for r in records[i:i + per_shard]:
             writer.write(r)
         infos.append(writer.close())
-    manifest = Manifest(root=root, classes=CLASSES, splits={"train": infos})
+    manifest = Manifest(location=str(root / "manifest.json"), classes=CLASSES, splits={"train": infos})
     manifest.write()
     return manifest
 
@@ -134,7 +134,7 @@ def test_label_out_of_range(tmp_path):
 def test_empty_shard_list(tmp_path):
     with pytest.raises(DataError, match="no shards to read"):
         make_loader([], "train")
-    manifest = Manifest(root=tmp_path, classes=CLASSES, splits={"train": []})
+    manifest = Manifest(location=str(tmp_path / "manifest.json"), classes=CLASSES, splits={"train": []})
     manifest.write()
     with pytest.raises(DataError, match=r"no shards to read \(split 'train'"):
         make_loader(tmp_path, "train")

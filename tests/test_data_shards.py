@@ -47,7 +47,7 @@ def voc_photos_csv(tmp_path: Path) -> tuple[Path, list[dict]]:
 def read_all(manifest: Manifest) -> dict:
     out = {}
     for split in manifest.splits:
-        for path in manifest.shard_paths(split):
+        for path in manifest.shard_locations(split):
             for raw in iter_raw(str(path)):
                 out[raw["__key__"]] = (split, raw, parse_sample(raw, manifest.num_classes))
     return out
@@ -83,7 +83,7 @@ def test_bundled_fashion_mnist_pixels_equal_the_packaged_idx_files():
     test_x = read_idx(Path(FASHION_MNIST_ROOT) / "t10k-images-idx3-ubyte.gz")
     checked = 0
     for split in ("val", "test"):
-        for raw in iter_raw(str(manifest.shard_paths(split)[0])):
+        for raw in iter_raw(str(manifest.shard_locations(split)[0])):
             sample = parse_sample(raw, 10)
             kind, index = raw["__key__"].split("_")[1:]
             pixels = (train_x if kind == "train" else test_x)[int(index)]
@@ -100,7 +100,7 @@ def test_bundled_shards_match_their_manifests_and_stay_small():
         manifest = Manifest.load(SHARDS / name)
         for split in manifest.splits:
             for info in manifest.split(split):
-                path = manifest.root / info.name
+                path = Path(manifest.shard_location(info.name))
                 assert sha256_file(path) == info.sha256
                 total += path.stat().st_size
         assert (SHARDS / name / "manifest.json").exists()
@@ -166,7 +166,7 @@ def test_image_folder_with_bytes_per_shard_and_split_fractions(tmp_path):
 
 def test_json_list_with_class_names(tmp_path):
     fm = Manifest.load(SHARDS / "fashion-mnist")
-    raw = next(iter_raw(str(fm.shard_paths("val")[0])))
+    raw = next(iter_raw(str(fm.shard_locations("val")[0])))
     (tmp_path / "a.png").write_bytes(raw["png"])
     listing = tmp_path / "list.json"
     listing.write_text(json.dumps({"classes": ["x", "y"], "samples": [
@@ -314,7 +314,7 @@ def test_garments_on_photos_build_from_the_bundled_shards_without_the_debian_pac
     manifest = create_shards(source, tmp_path / "set", samples_per_shard=50)
     assert manifest.extra["source"]["garments"] == "fashion-mnist shards"
     bundled = {raw["__key__"].rsplit("_", 1)[-1] for split in ("train", "val")
-               for path in Manifest.load(SHARDS / "fashion-mnist").shard_paths(split) for raw in iter_raw(str(path))}
+               for path in Manifest.load(SHARDS / "fashion-mnist").shard_locations(split) for raw in iter_raw(str(path))}
     train_keys = {k.rsplit("_", 1)[-1] for k, (sp, _, _) in read_all(manifest).items() if sp != "test"}
     assert train_keys <= bundled  # keys still name the garment's index in the IDX training file
     with pytest.raises(VggtkError, match="shards are no source for it"):

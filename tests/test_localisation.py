@@ -55,7 +55,7 @@ def test_the_centre_view_moves_boxes_as_it_moves_the_image():
 
 def photo_sample(index: int = 0) -> dict:
     manifest = Manifest.load(SHARDS)
-    raws = iter_raw(str(manifest.shard_paths("train")[0]))
+    raws = iter_raw(str(manifest.shard_locations("train")[0]))
     for _ in range(index):
         next(raws)
     return parse_sample(next(raws), manifest.num_classes)

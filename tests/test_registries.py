@@ -67,7 +67,7 @@ def test_every_augmentation_is_a_deterministic_function_of_its_generator(name):
     from vgg_toolkit.data.pipeline import Pipeline
 
     manifest = Manifest.load(FASHION_SHARDS)
-    raw = next(iter_raw(str(manifest.shard_paths("val")[0])))
+    raw = next(iter_raw(str(manifest.shard_locations("val")[0])))
     pipeline = Pipeline([(name, EXAMPLES.get(name, {}))])
     runs = [pipeline(parse_sample(raw, 10), torch.Generator().manual_seed(seed)) for seed in (7, 7)]
     for out in runs:

@@ -300,7 +300,7 @@ def localisation_task(request: vt.EvalRequest) -> dict:
     if grid is not None:
         grid = vt.check_output_file(grid, "box grid")
     results = [result for m in methods for result in RUNNERS[m](request)]
-    table = Table(title=vt.plain(f"{request.manifest.name or request.manifest.root.name} / {request.split}: "
+    table = Table(title=vt.plain(f"{request.manifest.title} / {request.split}: "
                                  "localisation error (%)"))
     for col, justify in (("config", "left"), ("test Q", "left"), ("method", "left"), ("loc err", "right"),
                          ("images", "right")):

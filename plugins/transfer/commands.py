@@ -20,7 +20,7 @@ DEFAULT_CHECKPOINT = Path("runs/train/best")
 
 def extract_features(
     checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint directories or .safetensors files; several are stacked \\[default: runs/train/best]."),
-    data: Optional[Path] = typer.Option(None, help="Shard directory or manifest.json \\[default: the bundled Fashion-MNIST shards]."),
+    data: Optional[str] = typer.Option(None, help="Shard directory, manifest.json or manifest URL \\[default: the bundled Fashion-MNIST shards]."),
     splits: Optional[str] = typer.Option(None, help="Comma-separated splits \\[default: every split of the shards]."),
     out: Path = typer.Option(Path("runs/features"), help="Directory for one SPLIT.safetensors per split."),
     tap: str = typer.Option("fc7", help="Layer whose output is pooled: fc7 (the paper), fc6, or block1..block5."),
@@ -60,7 +60,7 @@ def extract_features(
     models = [vt.load_trained(p, dev, plugin_options, command="extract-features") for p in paths]
     vt.check_fits_data(models, manifest, [str(p) for p in paths])
     meta = {"tap": tap, "combine": combine, "flip": flip, "checkpoints": [str(p) for p in paths],
-            "data": str(manifest.root)}
+            "data": manifest.location}
     for split in wanted:
         result = extract_on_shards(models, manifest, split, scales=test_scales, tap=tap, flip=flip, combine=combine,
                                    batch_size=batch_size, workers=workers, on_error=on_error, limit=limit,

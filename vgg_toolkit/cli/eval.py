@@ -53,7 +53,7 @@ def at_least(value: int | None, low: int, flag: str) -> None:
 
 def eval_command(
     checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint directories or .safetensors files; several form an ensemble \\[default: runs/train/best]."),
-    data: Optional[Path] = typer.Option(None, help="Shard directory or manifest.json \\[default: the bundled Fashion-MNIST shards]."),
+    data: Optional[str] = typer.Option(None, help="Shard directory, manifest.json or manifest URL \\[default: the bundled Fashion-MNIST shards]."),
     split: str = typer.Option("test", help="Split to evaluate."),
     task: str = typer.Option("classification", help="classification, or a task a plugin adds (vggtk plugins), "
                              "e.g. localisation."),
@@ -92,7 +92,7 @@ def eval_command(
     paths = checkpoints or [DEFAULT_CHECKPOINT]
     models = [load_trained(p, dev, plugin_options, command="eval") for p in paths]
     console = Console(stderr=as_json, soft_wrap=True)
-    extra = {"data": str(manifest.root), "split": split, "checkpoints": [str(p) for p in paths]}
+    extra = {"data": manifest.location, "split": split, "checkpoints": [str(p) for p in paths]}
     if evaluate is not None:
         request = EvalRequest(models, [str(p) for p in paths], manifest, split, names, options, batch_size, workers,
                               on_error, limit, console, plugin_options or {})
@@ -110,7 +110,7 @@ def eval_command(
     if as_json:
         print(json.dumps(results_json(results, per_class, extra), indent=2, allow_nan=False))
     else:
-        print_results(results, console, title=f"{manifest.name or manifest.root.name} / {split}: top-k error (%)")
+        print_results(results, console, title=f"{manifest.title} / {split}: top-k error (%)")
         console.print(f"results written to {out}", markup=False, highlight=False)
     if confusion is not None:
         results[-1].save_confusion_png(confusion)

@@ -115,7 +115,7 @@ def create(
     _out().print(plain(f"manifest: {manifest.path}"))
 
 
-def _load(path: Path):
+def _load(path: str):
     from ..data.shards.manifest import Manifest
 
     return Manifest.load(path)
@@ -123,7 +123,7 @@ def _load(path: Path):
 
 @app.command()
 def inspect(
-    shards: Path = typer.Argument(Path(DEFAULT_SHARDS), help="A shard directory or its manifest.json."),
+    shards: str = typer.Argument(str(DEFAULT_SHARDS), help="Shard directory, manifest.json or manifest URL."),
     split: str = typer.Option("train", help="Split to draw the contact sheet from."),
     sheet: Path = typer.Option(None, help="Contact sheet PNG to write (default: NAME-SPLIT-sheet.png here)."),
     count: int = typer.Option(64, help="Samples on the contact sheet."),
@@ -138,7 +138,7 @@ def inspect(
     sheet = check_output_file(sheet or Path(f"{manifest.name or 'shards'}-{split}-sheet.png"), "contact sheet")
     counts = {s: class_counts(manifest, s) for s in manifest.splits}
     written = contact_sheet(manifest, split, sheet, count=count)
-    table = Table(title=plain(f"{manifest.name} ({manifest.root}): {manifest.channels}-channel images, "
+    table = Table(title=plain(f"{manifest.name} ({manifest.location}): {manifest.channels}-channel images, "
                               f"sides {manifest.extra.get('image_size', {}).get('min_side', '?')}-"
                               f"{manifest.extra.get('image_size', {}).get('max_side', '?')} px"))
     table.add_column("class", no_wrap=True)
@@ -162,7 +162,7 @@ def inspect(
 
 @app.command()
 def verify(
-    shards: Path = typer.Argument(Path(DEFAULT_SHARDS), help="A shard directory or its manifest.json."),
+    shards: str = typer.Argument(str(DEFAULT_SHARDS), help="Shard directory, manifest.json or manifest URL."),
     split: list[str] = typer.Option([], help="Splits to check (default: all)."),
     on_error: str = typer.Option("fail", help="fail: stop at the first bad shard or sample; skip: check on, "
                                  "count and report every problem (the exit status is still non-zero)."),
@@ -177,7 +177,7 @@ def verify(
     with _progress() as bar:
         task = bar.add_task("verifying", total=total)
         report = run_verify(manifest, split or None, on_error, progress=lambda n: bar.advance(task, n))
-    table = Table(title=plain(f"verify {manifest.root}"))
+    table = Table(title=plain(f"verify {manifest.location}"))
     for col in ("shard", "samples", "status"):
         table.add_column(col, no_wrap=True)
     for name, n, status in report.per_shard:
@@ -188,6 +188,6 @@ def verify(
     for line in report.skipped.examples:
         _out().print(plain(f"  {line}"))
     if not report.ok:
-        print(one_line(f"vggtk: verify: {manifest.root}: {report.skipped.summary()}"), file=sys.stderr)
+        print(one_line(f"vggtk: verify: {manifest.location}: {report.skipped.summary()}"), file=sys.stderr)
         raise typer.Exit(code=1)
 

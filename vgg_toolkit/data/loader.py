@@ -433,6 +433,6 @@ def read_split(data, split: str, *, batch_size: int = 64, workers: int = 0, on_e
                 return
     finally:
         if loader.skipped.total:
-            print(f"{manifest.root} {split}: {loader.skipped.summary()}", file=sys.stderr)
+            print(f"{manifest.location} {split}: {loader.skipped.summary()}", file=sys.stderr)
             if skipped is not None:
                 skipped.merge(loader.skipped.counts, loader.skipped.examples)

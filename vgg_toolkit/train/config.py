@@ -57,8 +57,8 @@ def option(default, help: str, check: Callable[[Any], str | None] | None = None,
 class TrainConfig:
     """Every choice of a run. Defaults are the paper's (Sec. 3.1); ``None`` means "from the data"."""
 
-    data: str | None = option(None, "Shard directory or manifest.json [default: the bundled Fashion-MNIST "
-                                    "shards].", resumable=True)
+    data: str | None = option(None, "Shard directory, manifest.json or manifest URL (http(s)://..., "
+                                    "pipe:CMD) [default: the bundled Fashion-MNIST shards].", resumable=True)
     run_dir: str = option("runs/train", "Where checkpoints, metrics.jsonl and metrics.png go.", resumable=True)
     arch: str = option("vgg-a", "Architecture name (vggtk models).")
     head: str = option("classification", "Task head (vggtk plugins lists them).")

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import VggtkError
-from .manifest import ColorStats, Manifest
+from .manifest import MANIFEST_NAME, ColorStats, Manifest
 from .publish import clean_debris, discard, previous_set, publish, staging_folder
 from .reader import derive_seed
 from .records import Record, box_problem
@@ -201,7 +201,7 @@ def _write_set(source: Source, folder: Path, by_split: dict[str, list], *, sampl
     extra["image_size"] = {"min_side": sides[0], "max_side": sides[1]}
     extra["created_with"] = {"seed": seed, "shuffle": shuffle, "samples_per_shard": samples_per_shard,
                              "bytes_per_shard": bytes_per_shard, "compress": bool(compress)}
-    manifest = Manifest(root=folder, classes=list(source.classes), splits=shards_out,
+    manifest = Manifest(location=str(folder / MANIFEST_NAME), classes=list(source.classes), splits=shards_out,
                         stats=ColorStats.from_sums(s1, s2, npix) if npix else None, stats_split=stats_split,
                         channels=channels, name=source.name, extra=extra)
     manifest.write()

@@ -14,15 +14,15 @@ from PIL.PngImagePlugin import PngInfo
 from ..decode import decode
 from ..errors import DataError, SkipLog, handle
 from ...runtime.files import WRITTEN_BY, atomic_file
-from .manifest import Manifest, sha256_file
-from .reader import iter_raw, parse_sample
+from .manifest import Manifest
+from .reader import ShardRef, check_shard, iter_raw, parse_sample
 
 
 def class_counts(manifest: Manifest, split: str) -> Counter:
     """Samples per label in ``split``, from the ``.cls`` members alone (no image is decoded). A label that
     is not a class of the manifest, or is missing, is an error naming its shard and member."""
     counts: Counter = Counter()
-    for path in manifest.shard_paths(split):
+    for path in manifest.shard_locations(split):
         for raw in iter_raw(str(path)):
             if "cls" not in raw:
                 raise DataError("sample has no .cls label", str(path), raw["__key__"], kind="missing label")
@@ -42,7 +42,7 @@ def contact_sheet(manifest: Manifest, split: str, path: str | Path, count: int =
     """A PNG grid of the first ``count`` samples of ``split``: each scaled to ``thumb`` px, its boxes drawn
     in red, its class name below."""
     samples = []
-    for shard in manifest.shard_paths(split):
+    for shard in manifest.shard_locations(split):
         for raw in iter_raw(str(shard)):
             samples.append(parse_sample(raw, manifest.num_classes))
             if len(samples) >= count:
@@ -95,17 +95,13 @@ def verify(manifest: Manifest, splits: list[str] | None = None, on_error: str = 
     report = VerifyReport()
     for split in splits or list(manifest.splits):
         for info in manifest.split(split):
-            path = manifest.root / info.name
+            path = manifest.shard_location(info.name)
             report.shards += 1
             status, n = "ok", 0
             try:
-                if not path.exists():
-                    raise DataError("shard file not found", shard=str(path), kind="missing shard")
-                digest = sha256_file(path)
-                if digest != info.sha256:
-                    raise DataError(f"sha256 {digest[:12]}... does not match the manifest's {info.sha256[:12]}...",
-                                    shard=str(path), kind="checksum mismatch")
-                for raw in iter_raw(str(path)):
+                ref = ShardRef(path, info.samples, info.sha256, info.bytes)
+                check_shard(ref, "sha256")  # a local shard before it is read; a remote one as it streams
+                for raw in iter_raw(path, expect=ref):
                     n += 1
                     try:
                         sample = parse_sample(raw, manifest.num_classes)

@@ -11,9 +11,9 @@ import numpy as np
 
 from ...runtime.files import write_text
 from ..errors import DataError
+from .location import MANIFEST_NAME, beside, display_name, is_remote, local_path, manifest_location, read_bytes
 
 FORMAT = "vggtk-shards/1"
-MANIFEST_NAME = "manifest.json"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -85,9 +85,10 @@ class ColorStats:
 
 @dataclass
 class Manifest:
-    """The parsed manifest of a shard directory. ``root`` is the directory the shard names are relative to."""
+    """The parsed manifest of a set of shards. ``location`` is where the manifest is (a path or a URL, see
+    ``location.py``); the shard names resolve beside it."""
 
-    root: Path
+    location: str
     classes: list[str]
     splits: dict[str, list[ShardInfo]]
     stats: ColorStats | None = None
@@ -107,17 +108,29 @@ class Manifest:
         return size["max_side"] if size and size.get("min_side") == size.get("max_side") else None
 
     @property
-    def path(self) -> Path:
-        return self.root / MANIFEST_NAME
+    def path(self) -> str:
+        return self.location
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.location)
+
+    @property
+    def title(self) -> str:
+        """The set's name, else the folder it sits in: for table titles."""
+        return self.name or display_name(self.location)
 
     def split(self, name: str) -> list[ShardInfo]:
         if name not in self.splits:
             raise DataError(f"no split {name!r}; this manifest has: {', '.join(self.splits) or '(none)'}",
-                            shard=str(self.path), kind="unknown split")
+                            shard=self.location, kind="unknown split")
         return self.splits[name]
 
-    def shard_paths(self, split: str) -> list[Path]:
-        return [self.root / s.name for s in self.split(split)]
+    def shard_location(self, name: str) -> str:
+        return beside(self.location, name)
+
+    def shard_locations(self, split: str) -> list[str]:
+        return [self.shard_location(s.name) for s in self.split(split)]
 
     def samples(self, split: str) -> int:
         return sum(s.samples for s in self.split(split))
@@ -150,21 +163,27 @@ class Manifest:
         return out
 
     def write(self, root: str | Path | None = None) -> Path:
-        return write_text(Path(root or self.root) / MANIFEST_NAME, json.dumps(self.to_json(), indent=1) + "\n")
+        """Into the folder ``root``, else where it was read from (a local manifest only)."""
+        if root is None and self.remote:
+            raise DataError("a manifest read from a URL is not written back", shard=self.location)
+        target = Path(root) / MANIFEST_NAME if root is not None else local_path(self.location)
+        return write_text(target, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Manifest":
-        """Read ``path`` (a manifest file, or the directory holding ``manifest.json``)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
+    def load(cls, data: str | Path) -> "Manifest":
+        """Read ``data``: a manifest file, the directory holding ``manifest.json``, or a manifest's URL."""
+        where = manifest_location(data)
         try:
-            data = json.loads(path.read_text())
+            text = read_bytes(where).decode() if is_remote(where) else local_path(where).read_text()
+            data = json.loads(text)
         except FileNotFoundError:
-            raise DataError("manifest not found (create shards with `vggtk shards create`)", shard=str(path),
+            raise DataError("manifest not found (create shards with `vggtk shards create`)", shard=where,
+                            kind="unreadable manifest") from None
+        except DataError as err:
+            raise DataError(f"manifest not readable ({str(err).removeprefix(where + ': cannot read: ')})", shard=where,
                             kind="unreadable manifest") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"unreadable manifest ({exc})", shard=str(path), kind="unreadable manifest") from None
+            raise DataError(f"unreadable manifest ({exc})", shard=where, kind="unreadable manifest") from None
         try:
             if data.get("format") != FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
@@ -185,10 +204,10 @@ class Manifest:
                 if len(stats.mean_rgb) != 3 or len(stats.eigval) != 3 or np.shape(stats.eigvec) != (3, 3):
                     raise ValueError("stats must hold 3 means, 3 eigenvalues and a 3x3 eigenvector matrix")
             known = {"format", "name", "classes", "channels", "splits", "stats"}
-            return cls(root=path.parent, classes=[str(c) for c in data["classes"]], splits=splits, stats=stats,
+            return cls(location=where, classes=[str(c) for c in data["classes"]], splits=splits, stats=stats,
                        stats_split=str(data.get("stats", {}).get("split", "train")),
                        channels=int(data.get("channels", 3)), name=str(data.get("name", "")),
                        extra={k: v for k, v in data.items() if k not in known})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise DataError(f"unreadable manifest ({detail})", shard=str(path), kind="unreadable manifest") from None
+            raise DataError(f"unreadable manifest ({detail})", shard=where, kind="unreadable manifest") from None

@@ -116,5 +116,5 @@ def publish(staging: Path, outdir: Path, new: Manifest, old: Manifest | None) ->
             os.replace(backup / name, outdir / name)
         raise
     shutil.rmtree(backup)
-    new.root = outdir
+    new.location = str(outdir / MANIFEST_NAME)
     return new

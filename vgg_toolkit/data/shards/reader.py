@@ -12,22 +12,23 @@ already used without decoding them and go on in the same order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import re
-import tarfile
-import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from webdataset.handlers import reraise_exception
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from ...runtime.seeding import derived_seed as derive_seed
 from ..decode import LazyImage
 from ..errors import DataError, SkipLog, handle
-from .manifest import MANIFEST_NAME, Manifest, ShardInfo, sha256_file
+from .location import MANIFEST_NAME, explain, is_remote, local_path, open_stream
+from .manifest import Manifest, ShardInfo, sha256_file
 from .records import IMAGE_EXTS, box_problem
 
 
@@ -40,73 +41,51 @@ def sample_generator(seed: int, epoch: int, key: str) -> torch.Generator:
 
 # -- which shards -----------------------------------------------------------------------------------
 
-_BRACE = re.compile(r"\{([^{}]*)\}")
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """``a-{000..003}.tar`` and ``{train,val}-0.tar`` as in WebDataset (ranges keep zero padding)."""
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    head, body, tail = pattern[: m.start()], m.group(1), pattern[m.end():]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.startswith("0") else 0
-        step = 1 if int(hi) >= int(lo) else -1
-        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + step, step)]
-    else:
-        options = body.split(",")
-    return [out for opt in options for out in expand_braces(head + opt + tail)]
-
-
 @dataclass(frozen=True)
 class ShardRef:
-    path: str
+    path: str  # a local path or a URL (see location.py)
     samples: int | None = None  # None: not known until counted
     sha256: str | None = None
     size: int | None = None
 
 
 def _count_samples(path: str) -> int:
-    keys, last = 0, None
-    for member in _iter_members(path, read=False):
-        key = member[0]
-        if key != last:
-            keys, last = keys + 1, key
-    return keys
+    return sum(1 for _ in iter_raw(path, read=False))
 
 
 def resolve_source(source, split: str = "train") -> tuple[list[ShardRef], Manifest | None]:
-    """Shards to read and the manifest (if any) for: a ``Manifest``; a manifest file or a directory
-    holding ``manifest.json`` (``split`` picks the split); a brace pattern; or a list of shard paths.
-    Shards named without a manifest are matched against a ``manifest.json`` beside them when one exists."""
+    """Shards to read and the manifest (if any) for: a ``Manifest``; a manifest file, a directory holding
+    ``manifest.json`` or a manifest's URL (``split`` picks the split); a brace pattern of shard paths or
+    URLs (``a-{000..009}.tar``, WebDataset's notation); or a list of them. Local shards named without a
+    manifest are matched against a ``manifest.json`` beside them when one exists."""
     manifest = None
     if isinstance(source, Manifest):
         manifest = source
     elif isinstance(source, (str, os.PathLike)) and (
-        Path(source).is_dir() or str(source).endswith(".json")
+        str(source).endswith(".json") or (not is_remote(source) and local_path(source).is_dir())
     ):
         manifest = Manifest.load(source)
     if manifest is not None:
-        refs = [ShardRef(str(manifest.root / s.name), s.samples, s.sha256, s.bytes) for s in manifest.split(split)]
+        refs = [ShardRef(manifest.shard_location(s.name), s.samples, s.sha256, s.bytes) for s in manifest.split(split)]
     else:
-        paths = expand_braces(str(source)) if isinstance(source, (str, os.PathLike)) else [str(p) for p in source]
+        paths = expand_urls(str(source)) if isinstance(source, (str, os.PathLike)) else [str(p) for p in source]
         refs = []
         beside = {}
         for p in paths:
-            parent = Path(p).parent
-            if parent not in beside:
-                mpath = parent / MANIFEST_NAME
-                beside[parent] = Manifest.load(mpath) if mpath.exists() else None
-            info: ShardInfo | None = beside[parent].shard_info(p) if beside[parent] is not None else None
+            info = None
+            if not is_remote(p):
+                parent = local_path(p).parent
+                if parent not in beside:
+                    mpath = parent / MANIFEST_NAME
+                    beside[parent] = Manifest.load(mpath) if mpath.exists() else None
+                info: ShardInfo | None = beside[parent].shard_info(p) if beside[parent] is not None else None
             refs.append(ShardRef(str(p), info.samples, info.sha256, info.bytes) if info else ShardRef(str(p)))
         manifest = next((m for m in beside.values() if m is not None), None)
     if not refs:
         raise DataError(f"no shards to read (split {split!r} of {source} is empty)" if manifest is not None
                         else f"no shards to read: {source!r} names no shard files", kind="no shards")
     for ref in refs:
-        if not os.path.exists(ref.path):
+        if not is_remote(ref.path) and not local_path(ref.path).exists():
             raise DataError("shard file not found", shard=ref.path, kind="missing shard")
     refs = [r if r.samples is not None else ShardRef(r.path, _count_samples(r.path), r.sha256, r.size) for r in refs]
     return refs, manifest
@@ -114,65 +93,94 @@ def resolve_source(source, split: str = "train") -> tuple[list[ShardRef], Manife
 
 # -- tar members ------------------------------------------------------------------------------------
 
-_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, ValueError)
+class _Counted:
+    """The byte stream under the tar reader: counts (and, when asked, hashes) what passes, so that a
+    remote shard is checked against its manifest entry as it streams, without a second download."""
+
+    def __init__(self, stream, location: str, hashed: bool):
+        self.stream, self.location = stream, location
+        self.bytes, self.digest = 0, hashlib.sha256() if hashed else None
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.bytes += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    def close(self) -> None:
+        self.stream.close()  # a pipe (curl, a cloud CLI) reports its exit status here
+
+    def __str__(self) -> str:  # WebDataset appends the stream's name to the errors it passes on
+        return self.location
 
 
-def _split_name(name: str) -> tuple[str, str]:
-    """WebDataset's rule: the key is everything before the first dot of the base name."""
-    base = name.rsplit("/", 1)[-1]
-    stem, _, ext = base.partition(".")
-    prefix = name[: len(name) - len(base)]
-    return prefix + stem, ext.lower()
+def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardRef | None = None) -> Iterator[dict]:
+    """The samples of one shard as ``{"__key__", "__shard__", "__members__", ext: bytes}``, through
+    WebDataset's tar reader and its grouping of members by key (everything before the first dot of the
+    base name). The first ``skip_samples`` samples are passed over without reading their data; with
+    ``read=False`` no data is read at all (for counting). A remote shard read whole is checked against
+    ``expect`` (its size, and its sha256 when ``expect`` has one). Raises DataError naming the shard and
+    the member it was at."""
+    state = {"member": None, "key": None, "seen": 0}
 
+    def wanted(name: str) -> bool:  # WebDataset calls this with each member's name before reading its data
+        state["member"] = name
+        if skip_samples or not read:  # only counting needs the key
+            key = base_plus_ext(name)[0]
+            if key != state["key"]:
+                state["key"], state["seen"] = key, state["seen"] + 1
+        return read and (not skip_samples or state["seen"] > skip_samples)
 
-def _iter_members(path: str, read: bool = True, skip_samples: int = 0) -> Iterator[tuple[str, str, str, bytes | None]]:
-    """(key, ext, member name, data) for each file member; the first ``skip_samples`` samples are
-    passed over by their headers. Raises DataError naming the shard (and member) on a broken tar."""
-    member_name = None
+    stream = _Counted(open_stream(path), path, hashed=bool(expect and expect.sha256 and is_remote(path)))
     try:
-        with tarfile.open(path, mode="r:*") as tar:
-            seen, last = 0, None
-            while True:
-                info = tar.next()
-                if info is None:
-                    return
-                member_name = info.name
-                if not info.isfile():
-                    continue
-                key, ext = _split_name(info.name)
-                if key != last:
-                    seen, last = seen + 1, key
-                if seen <= skip_samples:
-                    continue
-                data = None
-                if read:
-                    f = tar.extractfile(info)
-                    data = f.read()
-                    if len(data) != info.size:
-                        raise EOFError(f"member holds {len(data)} of its {info.size} bytes")
-                yield key, ext, info.name, data
+        files = tar_file_iterator(stream, handler=reraise_exception, select_files=wanted)
+        if not read:
+            for _ in files:
+                pass
+            yield from ({"__key__": None} for _ in range(state["seen"]))
+        else:
+            names: list[str] = []
+            for sample in group_by_keys(_named(files, path, names), handler=reraise_exception):
+                n = len(sample) - 2  # its members: all but __key__ and __url__
+                sample["__shard__"], sample["__members__"] = path, names[:n]
+                del names[:n], sample["__url__"]
+                yield sample
+            if expect is not None and is_remote(path) and skip_samples == 0:
+                _check_streamed(stream, expect)
+        stream.close()
     except DataError:
         raise
-    except _TAR_ERRORS as exc:
-        what = "truncated or corrupt tar" if member_name is None or isinstance(exc, (EOFError, tarfile.ReadError, zlib.error)) \
-            else "unreadable tar"
-        raise DataError(f"{what} ({type(exc).__name__}: {exc})", shard=path, member=member_name,
+    except Exception as exc:  # tarfile, zlib, a pipe's exit status, the network: all name the shard here
+        raise DataError(f"truncated or corrupt tar ({explain(exc, path)})", shard=path, member=state["member"],
                         kind="truncated shard") from None
+    finally:
+        try:
+            stream.close()  # a second close is a no-op; a reader that stopped early lets the pipe go here
+        except Exception:
+            pass
 
 
-def iter_raw(path: str, skip_samples: int = 0) -> Iterator[dict]:
-    """Group consecutive members of one key into a raw sample ``{"__key__", "__shard__", ext: bytes}``."""
-    current: dict | None = None
-    for key, ext, name, data in _iter_members(path, skip_samples=skip_samples):
-        if current is not None and current["__key__"] != key:
-            yield current
-            current = None
-        if current is None:
-            current = {"__key__": key, "__shard__": path, "__members__": []}
-        current[ext] = data
-        current["__members__"].append(name)
-    if current is not None:
-        yield current
+def _named(files, path: str, names: list[str]):
+    """Each member as WebDataset's grouping wants it (with the shard's URL), its name kept for errors."""
+    for f in files:
+        names.append(f["fname"])
+        f["__url__"] = path
+        yield f
+
+
+def _check_streamed(stream: _Counted, expect: ShardRef) -> None:
+    stream.drain()  # the tar reader stops at the end-of-archive blocks; the padding after them counts too
+    if expect.size is not None and stream.bytes != expect.size:
+        raise DataError(f"shard is {stream.bytes} bytes, the manifest says {expect.size}: it changed or was cut "
+                        "short", shard=stream.location, kind="checksum mismatch")
+    if stream.digest is not None and stream.digest.hexdigest() != expect.sha256:
+        raise DataError(f"sha256 {stream.digest.hexdigest()[:12]}... does not match the manifest's "
+                        f"{expect.sha256[:12]}...", shard=stream.location, kind="checksum mismatch")
 
 
 def parse_sample(raw: dict, num_classes: int | None = None, channels: int | None = None) -> dict:
@@ -287,7 +295,10 @@ _verified: dict[tuple, str] = {}
 
 
 def check_shard(ref: ShardRef, verify: str) -> None:
-    """Size always; sha256 once per process and file version when ``verify == "sha256"``."""
+    """A local shard before it is read: size always; sha256 once per process and file version when
+    ``verify == "sha256"``. A remote one is checked as it streams (``iter_raw``'s ``expect``)."""
+    if is_remote(ref.path):
+        return
     if ref.size is not None:
         try:
             size = os.path.getsize(ref.path)
@@ -314,7 +325,7 @@ def _raw_in_pieces(pieces: Sequence[Piece], on_error: str, log: SkipLog | None, 
         got = 0
         try:
             check_shard(piece.shard, verify)
-            for raw in iter_raw(piece.shard.path, skip_samples=piece.start):
+            for raw in iter_raw(piece.shard.path, skip_samples=piece.start, expect=piece.shard):
                 if got >= want:
                     if piece.stop == piece.shard.samples:  # the shard's last sample, by its manifest entry
                         raise DataError(f"shard holds more samples than its manifest entry ({piece.shard.samples}):"

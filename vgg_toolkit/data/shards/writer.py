@@ -1,11 +1,12 @@
-"""Writes WebDataset tar shards, byte for byte reproducible: fixed member metadata, gzip without a time stamp."""
+"""Writes WebDataset tar shards through WebDataset's ``TarWriter``, byte for byte reproducible: fixed
+member metadata, gzip without a time stamp, each shard under a temporary name until it is complete."""
 
 from __future__ import annotations
 
 import gzip
-import io
-import tarfile
 from pathlib import Path
+
+from webdataset import TarWriter
 
 from ...runtime.files import atomic_file
 from .manifest import ShardInfo, sha256_file
@@ -30,21 +31,18 @@ class ShardWriter:
         self._gz = None
         stream = self._raw
         if is_gzip_name(self.path):
-            # filename="" and mtime=0 keep the gzip header free of anything that changes between builds.
+            # TarWriter's own gzip stamps the time; filename="" and mtime=0 keep the header the same every build.
             self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, compresslevel=compresslevel, mtime=0)
             stream = self._gz
-        self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._tar = TarWriter(stream, user="", group="", mode=0o644, mtime=0, encoder=False, compress=False)
         self.samples = 0
         self.payload = 0  # bytes of member data, before tar headers and compression
 
     def write(self, record: Record) -> None:
+        # One member per call: TarWriter sorts a sample's members by extension, and the image goes first
+        # so that the committed shards keep their sha256s.
         for name, data in record.members():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
-            self.payload += len(data)
+            self.payload += self._tar.write({"__key__": record.key, name[len(record.key) + 1:]: data})
         self.samples += 1
 
     def close(self) -> ShardInfo:

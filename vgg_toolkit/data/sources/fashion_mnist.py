@@ -107,7 +107,7 @@ def _arrays_from_shards(root: Path):
         raise VggtkError(f"{manifest.path}: not Fashion-MNIST shards (classes {manifest.classes[:3]}...)")
     parts = {"train": ([], [], []), "t10k": ([], [], [])}
     for split in ("train", "val", "test"):
-        for path in manifest.shard_paths(split):
+        for path in manifest.shard_locations(split):
             for raw in iter_raw(str(path)):
                 file, _, index = raw["__key__"].rpartition("_")
                 part = parts.get(file.removeprefix("fmnist_"))
