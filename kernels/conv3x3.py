@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from einops import rearrange
 
 # How the kernels below were built: Triton decides when a kernel is defined (at import) whether
 # it is compiled or interpreted, so later changes to TRITON_INTERPRET do not apply to them.
@@ -208,8 +209,7 @@ def dot_settings(dtype: torch.dtype) -> dict:
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """[Cout, Cin, KS, KS] -> [KS*KS*Cin, Cout]: row (tap, cin), contiguous along Cout."""
-    cout, cin, kh, kw = weight.shape
-    return weight.permute(2, 3, 1, 0).reshape(kh * kw * cin, cout).contiguous()
+    return rearrange(weight, "co ci kh kw -> (kh kw ci) co").contiguous()
 
 
 def implicit_gemm_conv(x: torch.Tensor, packed: torch.Tensor, ks: int, bias: torch.Tensor | None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from einops import rearrange
 
 from .conv3x3 import (INTERPRET, KERNEL_SIZES, _config, dot_settings, implicit_gemm_conv, interpreter_pick,
                       keep_configs, mma)
@@ -165,7 +166,7 @@ def conv_weight_grad(x, grad_y, y, ks: int, need_bias: bool, split: int | None =
         KS=ks, HAS_BIAS=need_bias, **settings,
     )
     dweight = dw.sum(0) if split > 1 else dw[0]
-    dweight = dweight.view(ks, ks, cin, cout).permute(3, 2, 0, 1).to(x.dtype).contiguous()
+    dweight = rearrange(dweight, "(kh kw ci) co -> co ci kh kw", kh=ks, kw=ks).to(x.dtype).contiguous()
     dbias = (db.sum(0) if split > 1 else db[0]).to(x.dtype) if need_bias else None
     return dweight, dbias
 
@@ -173,8 +174,7 @@ def conv_weight_grad(x, grad_y, y, ks: int, need_bias: bool, split: int | None =
 def pack_weight_transposed(weight: torch.Tensor) -> torch.Tensor:
     """The flipped, transposed weight packed as the forward kernel wants it: [KS*KS*Cout, Cin]
     with row (tap, cout) holding W[cout, :, KS-1-kh, KS-1-kw]."""
-    cout, cin, kh, kw = weight.shape
-    return weight.flip(2, 3).permute(2, 3, 0, 1).reshape(kh * kw * cout, cin).contiguous()
+    return rearrange(weight.flip(2, 3), "co ci kh kw -> (kh kw co) ci").contiguous()
 
 
 def conv_input_grad(grad_y, y, weight):

@@ -72,3 +72,26 @@ def test_the_installed_wheel_imports_everything_and_runs(wheel, tmp_path):
     models = subprocess.run([str(venv / "bin" / "vggtk"), "models"], capture_output=True, text=True, env=env,
                             timeout=300, cwd=tmp_path)
     assert models.returncode == 0 and "138,357,544" in models.stdout, models.stderr[-2000:]
+
+
+def test_every_declared_dependency_is_imported_by_the_code():
+    """No dependency stays in pyproject.toml that the toolkit's own code never imports."""
+    import ast
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    module_of = {"pillow": "PIL"}
+    wanted = {module_of.get(name, name) for name in (re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower()
+                                                      for d in declared)}
+    imported = set()
+    for folder in ("vgg_toolkit", "plugins", "kernels"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    assert wanted <= imported, f"declared but never imported: {sorted(wanted - imported)}"
+    assert {"webdataset", "einops"} <= wanted

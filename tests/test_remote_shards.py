@@ -151,7 +151,7 @@ def test_a_remote_shard_that_differs_from_its_manifest_is_an_error_naming_its_ur
     assert len(sum((k for k, _, _ in _batches(f"{url}/fm/manifest.json", augment="none", verify="size")), [])) == 2000
 
 
-def test_a_missing_manifest_url_is_one_clear_line(served):
+def test_a_missing_manifest_url_is_one_clear_line(served, tmp_path):
     url, _ = served
-    failed = vggtk("train", "--data", f"{url}/nowhere/manifest.json", "--run-dir", "unused")
+    failed = vggtk("train", "--data", f"{url}/nowhere/manifest.json", "--run-dir", tmp_path / "run")
     assert f"{url}/nowhere/manifest.json: manifest not readable" in input_error(failed)

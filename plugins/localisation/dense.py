@@ -12,6 +12,7 @@ class's answer. ``threshold`` is picked on the validation split, never on the sp
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 import vgg_toolkit as vt
 
@@ -29,14 +30,14 @@ def box_map(model, image: torch.Tensor, q: int) -> torch.Tensor:
     with torch.no_grad(), vt.model_form(model, fully_conv=True):
         codes = model(x).float()  # (1, outputs, rows, cols)
     rows, cols = codes.shape[-2:]
-    codes = codes[0].permute(1, 2, 0).reshape(rows, cols, -1, 4)  # (rows, cols, k, 4)
+    codes = rearrange(codes[0], "(k xywh) rows cols -> rows cols k xywh", xywh=4)
     boxes = vt.decode_boxes(codes, crop, crop)
     offset_y = torch.arange(rows, dtype=boxes.dtype)[:, None, None] * stride + top
     offset_x = torch.arange(cols, dtype=boxes.dtype)[None, :, None] * stride + left
     shift = torch.stack([offset_x.expand(rows, cols, 1), offset_y.expand(rows, cols, 1)] * 2, -1)
     boxes = boxes + shift
     scale = boxes.new_tensor([w / width, h / height, w / width, h / height])
-    return (boxes / scale).reshape(rows * cols, -1, 4)
+    return rearrange(boxes / scale, "rows cols k xyxy -> (rows cols) k xyxy")
 
 
 def merge(boxes: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from vgg_toolkit import BatchSlicedDropout, ModelInfo, VggtkError, WeightsError
@@ -65,9 +66,9 @@ class Classifier(nn.Module):
         if not self.fully_conv:
             return layer(x)
         if first:
-            weight = layer.weight.view(layer.out_features, self.in_channels, self.kernel, self.kernel)
+            weight = rearrange(layer.weight, "o (c kh kw) -> o c kh kw", c=self.in_channels, kh=self.kernel)
         else:
-            weight = layer.weight[:, :, None, None]
+            weight = rearrange(layer.weight, "o i -> o i 1 1")
         return F.conv2d(x, weight, layer.bias)
 
     def forward(self, x: torch.Tensor, taps: dict | None = None, wanted: frozenset = frozenset()) -> torch.Tensor:
@@ -273,14 +274,14 @@ class VGG(nn.Module):
     def _to_foreign(self, t: torch.Tensor, how: str) -> torch.Tensor:
         if how == "fc6_conv":
             k = self.classifier.kernel
-            return t.reshape(t.shape[0], -1, k, k)
+            return rearrange(t, "o (c kh kw) -> o c kh kw", kh=k, kw=k)
         if how == "fc_1x1":
-            return t[:, :, None, None]
+            return rearrange(t, "o i -> o i 1 1")
         return t
 
     @staticmethod
     def _from_foreign(t: torch.Tensor, how: str) -> torch.Tensor:
-        return t.flatten(1) if how in ("fc6_conv", "fc_1x1") else t
+        return rearrange(t, "o c kh kw -> o (c kh kw)") if how in ("fc6_conv", "fc_1x1") else t
 
     def export_state_dict(self, layout: str = "vggtk") -> dict[str, torch.Tensor]:
         ours = self.state_dict()
