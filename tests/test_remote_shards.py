@@ -155,3 +155,24 @@ def test_a_missing_manifest_url_is_one_clear_line(served, tmp_path):
     url, _ = served
     failed = vggtk("train", "--data", f"{url}/nowhere/manifest.json", "--run-dir", tmp_path / "run")
     assert f"{url}/nowhere/manifest.json: manifest not readable" in input_error(failed)
+
+
+def test_a_shard_cache_keeps_checked_copies_and_reads_them_offline(served, tmp_path, monkeypatch):
+    url, root = served
+    monkeypatch.setenv("VGGTK_SHARD_CACHE", str(tmp_path / "cache"))
+    entry = Manifest.load(root / "fm").split("val")[0]
+    first = _batches(f"{url}/fm/manifest.json", augment="none")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{entry.sha256}-{entry.name}"]
+    (root / "fm" / entry.name).unlink()  # the server no longer has it: the next read must come from the cache
+    again = _batches(f"{url}/fm/manifest.json", augment="none")
+    assert [k for k, _, _ in again] == [k for k, _, _ in first]
+    assert all(torch.equal(a, b) for (_, a, _), (_, b, _) in zip(first, again))
+
+
+def test_a_shard_that_fails_its_check_is_not_cached(served, tmp_path, monkeypatch):
+    url, root = served
+    monkeypatch.setenv("VGGTK_SHARD_CACHE", str(tmp_path / "cache"))
+    _Handler.cut = {Manifest.load(root / "fm").split("val")[0].name}
+    with pytest.raises(DataError):
+        _batches(f"{url}/fm/manifest.json", augment="none")
+    assert list((tmp_path / "cache").iterdir()) == []  # neither a copy nor a partial file stays

@@ -27,6 +27,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_itera
 from ...runtime.seeding import derived_seed as derive_seed
 from ..decode import LazyImage
 from ..errors import DataError, SkipLog, handle
+from .cache import CacheSink, cached_copy
 from .location import MANIFEST_NAME, explain, is_remote, local_path, open_stream
 from .manifest import Manifest, ShardInfo, sha256_file
 from .records import IMAGE_EXTS, box_problem
@@ -97,8 +98,8 @@ class _Counted:
     """The byte stream under the tar reader: counts (and, when asked, hashes) what passes, so that a
     remote shard is checked against its manifest entry as it streams, without a second download."""
 
-    def __init__(self, stream, location: str, hashed: bool):
-        self.stream, self.location = stream, location
+    def __init__(self, stream, location: str, hashed: bool, sink: CacheSink | None = None):
+        self.stream, self.location, self.sink = stream, location, sink
         self.bytes, self.digest = 0, hashlib.sha256() if hashed else None
 
     def read(self, n: int = -1) -> bytes:
@@ -106,6 +107,8 @@ class _Counted:
         self.bytes += len(data)
         if self.digest is not None:
             self.digest.update(data)
+        if self.sink is not None:
+            self.sink.write(data)
         return data
 
     def drain(self) -> None:
@@ -124,8 +127,8 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
     WebDataset's tar reader and its grouping of members by key (everything before the first dot of the
     base name). The first ``skip_samples`` samples are passed over without reading their data; with
     ``read=False`` no data is read at all (for counting). A remote shard read whole is checked against
-    ``expect`` (its size, and its sha256 when ``expect`` has one). Raises DataError naming the shard and
-    the member it was at."""
+    ``expect`` (its size, and its sha256 when ``expect`` has one), and then kept in the shard cache when
+    one is set (``cache.py``). Raises DataError naming the shard and the member it was at."""
     state = {"member": None, "key": None, "seen": 0}
 
     def wanted(name: str) -> bool:  # WebDataset calls this with each member's name before reading its data
@@ -136,7 +139,12 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
                 state["key"], state["seen"] = key, state["seen"] + 1
         return read and (not skip_samples or state["seen"] > skip_samples)
 
-    stream = _Counted(open_stream(path), path, hashed=bool(expect and expect.sha256 and is_remote(path)))
+    sha256 = expect.sha256 if expect is not None else None
+    if is_remote(path):
+        path = str(cached_copy(sha256, path) or path)
+    whole = expect is not None and is_remote(path) and skip_samples == 0 and read
+    sink = CacheSink.open(sha256, path) if whole else None
+    stream = _Counted(open_stream(path), path, hashed=whole and bool(sha256), sink=sink)
     try:
         files = tar_file_iterator(stream, handler=reraise_exception, select_files=wanted)
         if not read:
@@ -150,9 +158,12 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
                 sample["__shard__"], sample["__members__"] = path, names[:n]
                 del names[:n], sample["__url__"]
                 yield sample
-            if expect is not None and is_remote(path) and skip_samples == 0:
+            if whole:
                 _check_streamed(stream, expect)
         stream.close()
+        if sink is not None:
+            sink.commit()
+            sink = None
     except DataError:
         raise
     except Exception as exc:  # tarfile, zlib, a pipe's exit status, the network: all name the shard here
@@ -163,6 +174,8 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
             stream.close()  # a second close is a no-op; a reader that stopped early lets the pipe go here
         except Exception:
             pass
+        if sink is not None:
+            sink.discard()
 
 
 def _named(files, path: str, names: list[str]):
