@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from webdataset.handlers import reraise_exception
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from ...runtime.seeding import derived_seed as derive_seed
 from ..decode import LazyImage
@@ -123,7 +123,7 @@ class _Counted:
 
 
 def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardRef | None = None) -> Iterator[dict]:
-    """The samples of one shard as ``{"__key__", "__shard__", "__members__", ext: bytes}``, through
+    """The samples of one shard as ``{"__key__", "__shard__", ext: bytes}``, through
     WebDataset's tar reader and its grouping of members by key (everything before the first dot of the
     base name). The first ``skip_samples`` samples are passed over without reading their data; with
     ``read=False`` no data is read at all (for counting). A remote shard read whole is checked against
@@ -134,8 +134,8 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
     def wanted(name: str) -> bool:  # WebDataset calls this with each member's name before reading its data
         state["member"] = name
         if skip_samples or not read:  # only counting needs the key
-            key = base_plus_ext(name)[0]
-            if key != state["key"]:
+            key = _key_and_ext(name)[0]
+            if key is not None and key != state["key"]:
                 state["key"], state["seen"] = key, state["seen"] + 1
         return read and (not skip_samples or state["seen"] > skip_samples)
 
@@ -152,11 +152,8 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
                 pass
             yield from ({"__key__": None} for _ in range(state["seen"]))
         else:
-            names: list[str] = []
-            for sample in group_by_keys(_named(files, path, names), handler=reraise_exception):
-                n = len(sample) - 2  # its members: all but __key__ and __url__
-                sample["__shard__"], sample["__members__"] = path, names[:n]
-                del names[:n], sample["__url__"]
+            for sample in group_by_keys(_with_url(files, path), keys=_key_and_ext, handler=reraise_exception):
+                sample["__shard__"] = sample.pop("__url__")
                 yield sample
             if whole:
                 _check_streamed(stream, expect)
@@ -178,10 +175,17 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
             sink.discard()
 
 
-def _named(files, path: str, names: list[str]):
-    """Each member as WebDataset's grouping wants it (with the shard's URL), its name kept for errors."""
+def _key_and_ext(name: str) -> tuple[str, str]:
+    """WebDataset's rule (its ``base_plus_ext``, a regular expression): the key is all before the first dot
+    of the base name; in string operations, as it runs for every member (3% of reading 28x28 PNGs)."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    return (None, None) if dot <= slash else (name[:dot], name[dot + 1:])  # no key or no extension: not a sample's
+
+
+def _with_url(files, path: str):
+    """Each member as WebDataset's grouping wants it: with the shard's URL."""
     for f in files:
-        names.append(f["fname"])
         f["__url__"] = path
         yield f
 
