@@ -59,20 +59,22 @@ def interpreter_pick(configs, pixels):
     return [configs[pixels >= INTERPRETER_BIG_M]]
 
 
+# The GPU's candidates; the pruners below keep those that fit a given call and device.
+FORWARD_CONFIGS = (
+    _config(128, 128, 64, 8, 3),
+    _config(128, 64, 64, 4, 4),
+    _config(64, 128, 64, 4, 4),
+    _config(128, 256, 64, 8, 3),
+    _config(256, 128, 64, 8, 3),
+    _config(128, 128, 32, 4, 4),
+    _config(256, 64, 32, 4, 4),
+    _config(128, 64, 32, 4, 4),
+    _config(64, 64, 32, 4, 4),
+)
+
+
 def _forward_configs():
-    if INTERPRET:
-        return list(INTERPRETER_CONFIGS)
-    return [
-        _config(128, 128, 64, 8, 3),
-        _config(128, 64, 64, 4, 4),
-        _config(64, 128, 64, 4, 4),
-        _config(128, 256, 64, 8, 3),
-        _config(256, 128, 64, 8, 3),
-        _config(128, 128, 32, 4, 4),
-        _config(256, 64, 32, 4, 4),
-        _config(128, 64, 32, 4, 4),
-        _config(64, 64, 32, 4, 4),
-    ]
+    return list(INTERPRETER_CONFIGS if INTERPRET else FORWARD_CONFIGS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,28 +82,37 @@ def _shared_memory_limit(device_index: int) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
 
 
-def keep_configs(configs, tensor, caps: dict, tile_elements) -> list:
-    """The configs whose tiles are no wider than ``caps`` (Cout = 64 never needs BLOCK_N = 256)
-    and whose pipeline buffers, ``tile_elements(config)`` elements per stage, fit in shared
-    memory (fp32 tiles are twice as large); never none."""
+def device_shared_memory(tensor: torch.Tensor) -> int:
     index = tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()
-    limit = _shared_memory_limit(index)
+    return _shared_memory_limit(index)
+
+
+def keep_configs(configs, element_size: int, limit: int, caps: dict, tile_elements) -> list:
+    """The configs whose tiles are no wider than ``caps`` (Cout = 64 never needs BLOCK_N = 256)
+    and whose pipeline buffers, ``tile_elements(config)`` elements per stage of ``element_size``
+    bytes, fit in ``limit`` bytes of shared memory; never none."""
     kept = [c for c in configs
             if all(c.kwargs[name] <= cap for name, cap in caps.items())
-            and c.num_stages * tile_elements(c) * tensor.element_size() <= limit]
+            and c.num_stages * tile_elements(c) * element_size <= limit]
     return kept or [min(configs, key=lambda c: c.num_stages * tile_elements(c))]
 
 
-def _prune_forward(configs, named_args, **kwargs):
-    named_args = {**named_args, **kwargs}  # the autotuner passes keyword arguments apart
-    if INTERPRET:
-        return interpreter_pick(configs, named_args["NB"] * named_args["H"] * named_args["W"])
-    k = named_args["KS"] ** 2 * named_args["CIN"] if named_args["FLAT_K"] else named_args["CIN"]
-    caps = {"BLOCK_N": max(16, triton.next_power_of_2(named_args["COUT"])),
+def keep_forward(configs, args: dict, limit: int) -> list:
+    """The forward (or input-gradient) configs worth trying for the call ``args`` (the kernel's
+    arguments by name) on a device with ``limit`` bytes of shared memory per block."""
+    k = args["KS"] ** 2 * args["CIN"] if args["FLAT_K"] else args["CIN"]
+    caps = {"BLOCK_N": max(16, triton.next_power_of_2(args["COUT"])),
             "BLOCK_K": max(16, triton.next_power_of_2(k))}
-    a_tiles = 2 if named_args["GATED"] else 1  # the gate is loaded like the input
-    return keep_configs(configs, named_args["x_ptr"], caps,
+    a_tiles = 2 if args["GATED"] else 1  # the gate is loaded like the input
+    return keep_configs(configs, args["x_ptr"].element_size(), limit, caps,
                         lambda c: c.kwargs["BLOCK_K"] * (a_tiles * c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]))
+
+
+def _prune_forward(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}  # the autotuner passes keyword arguments apart
+    if INTERPRET:
+        return interpreter_pick(configs, args["NB"] * args["H"] * args["W"])
+    return keep_forward(configs, args, device_shared_memory(args["x_ptr"]))
 
 
 @triton.jit

@@ -17,8 +17,8 @@ import triton
 import triton.language as tl
 from einops import rearrange
 
-from .conv3x3 import (INTERPRET, KERNEL_SIZES, _config, dot_settings, implicit_gemm_conv, interpreter_pick,
-                      keep_configs, mma)
+from .conv3x3 import (INTERPRET, KERNEL_SIZES, _config, device_shared_memory, dot_settings, implicit_gemm_conv,
+                      interpreter_pick, keep_configs, mma)
 
 
 def conv_relu_backward_reference(x, weight, y, grad_y, need_bias: bool = True):
@@ -33,29 +33,37 @@ def conv_relu_backward_reference(x, weight, y, grad_y, need_bias: bool = True):
     return dx, dw, db
 
 
+# Rows x Cout x pixels; in the interpreter the pixel reduction is the long loop of a whole tiny network.
+WGRAD_CONFIGS = (
+    _config(128, 128, 64, 8, 3),
+    _config(128, 64, 64, 4, 4),
+    _config(64, 128, 64, 4, 4),
+    _config(64, 64, 64, 4, 4),
+    _config(128, 128, 32, 4, 4),
+    _config(32, 64, 64, 4, 4),
+)
+WGRAD_INTERPRETER_CONFIGS = (_config(32, 16, 16, 4, 1), _config(32, 32, 128, 4, 1))
+
+
 def _wgrad_configs():
-    if INTERPRET:
-        # Rows x Cout x pixels: the pixel reduction is the long loop of a whole tiny network.
-        return [_config(32, 16, 16, 4, 1), _config(32, 32, 128, 4, 1)]
-    return [
-        _config(128, 128, 64, 8, 3),
-        _config(128, 64, 64, 4, 4),
-        _config(64, 128, 64, 4, 4),
-        _config(64, 64, 64, 4, 4),
-        _config(128, 128, 32, 4, 4),
-        _config(32, 64, 64, 4, 4),
-    ]
+    return list(WGRAD_INTERPRETER_CONFIGS if INTERPRET else WGRAD_CONFIGS)
+
+
+def keep_wgrad(configs, args: dict, limit: int) -> list:
+    """The weight-gradient configs worth trying for the call ``args`` on a device with ``limit``
+    bytes of shared memory per block."""
+    caps = {"BLOCK_M": max(16, triton.next_power_of_2(args["KS"] ** 2 * args["CIN"])),
+            "BLOCK_N": max(16, triton.next_power_of_2(args["COUT"]))}
+    # Per stage: the input tile, and the output gradient and ReLU output tiles.
+    return keep_configs(configs, args["x_ptr"].element_size(), limit, caps,
+                        lambda c: c.kwargs["BLOCK_K"] * (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"]))
 
 
 def _prune_wgrad(configs, named_args, **kwargs):
-    named_args = {**named_args, **kwargs}  # the autotuner passes keyword arguments apart
+    args = {**named_args, **kwargs}  # the autotuner passes keyword arguments apart
     if INTERPRET:
-        return interpreter_pick(configs, named_args["NB"] * named_args["H"] * named_args["W"])
-    caps = {"BLOCK_M": max(16, triton.next_power_of_2(named_args["KS"] ** 2 * named_args["CIN"])),
-            "BLOCK_N": max(16, triton.next_power_of_2(named_args["COUT"]))}
-    # Per stage: the input tile, and the output gradient and ReLU output tiles.
-    return keep_configs(configs, named_args["x_ptr"], caps,
-                        lambda c: c.kwargs["BLOCK_K"] * (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"]))
+        return interpreter_pick(configs, args["NB"] * args["H"] * args["W"])
+    return keep_wgrad(configs, args, device_shared_memory(args["x_ptr"]))
 
 
 # The partial sums are written, not accumulated, so the autotuner may rerun the kernel freely.
