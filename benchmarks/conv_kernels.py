@@ -123,7 +123,7 @@ def time_layers(args) -> None:
     import torch
 
     from vgg_toolkit.kernels.conv3x3 import conv_relu_reference
-    from vgg_toolkit.kernels.fused_conv import FusedConvReLUFunction
+    from vgg_toolkit.kernels.fused_conv import conv_bias_relu_op
 
     dtype = getattr(torch, DTYPES[args.dtype])
     shapes = vgg_conv_shapes("D", args.size)
@@ -134,7 +134,7 @@ def time_layers(args) -> None:
             if hasattr(torch._dynamo.config, limit):
                 setattr(torch._dynamo.config, limit, 64)
         compiled = torch.compile(conv_relu_reference, mode="max-autotune", dynamic=False)
-    impls = {"triton": FusedConvReLUFunction.apply, "cudnn": conv_relu_reference}
+    impls = {"triton": conv_bias_relu_op, "cudnn": conv_relu_reference}
     if compiled is not None:
         impls["compile"] = compiled
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, batch {args.batch}, {args.dtype}, "
@@ -204,7 +204,7 @@ def check(args) -> bool:
     import torch
 
     from vgg_toolkit.kernels.conv3x3 import conv_relu_reference
-    from vgg_toolkit.kernels.fused_conv import FusedConvReLUFunction
+    from vgg_toolkit.kernels.fused_conv import conv_bias_relu_op
 
     shapes = vgg_conv_shapes("D", args.size) + [s for s in vgg_conv_shapes("C", args.size) if s[0] == 1]
     print(f"# {torch.cuda.get_device_name()}: relative error max|out - fp64| / max|fp64| "
@@ -222,7 +222,7 @@ def check(args) -> bool:
                 ref_y = conv_relu_reference(*ref_in)
                 ref = [ref_y, *torch.autograd.grad(ref_y, ref_in, grad_y.double())]
                 results = {}
-                for impl_name, impl in (("triton", FusedConvReLUFunction.apply), ("aten", conv_relu_reference)):
+                for impl_name, impl in (("triton", conv_bias_relu_op), ("aten", conv_relu_reference)):
                     y = impl(*inputs)
                     outs = [y, *torch.autograd.grad(y, inputs, grad_y)]
                     results[impl_name] = [((o.double() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()

@@ -10,8 +10,8 @@ most a few MB, against activations of hundreds) so that its tiles are contiguous
 The same kernel computes the input gradient of the backward pass: a convolution of the output
 gradient, masked where the ReLU output was zero (``gate``), with the flipped, transposed weights.
 
-Precision: fp32 inputs use TF32 tensor cores when ``torch.backends.cudnn.allow_tf32`` is set (as
-cuDNN's conv does by default) and full fp32 otherwise; bf16 / fp16 accumulate in fp32; fp64 (used
+Precision: fp32 inputs use TF32 tensor cores when PyTorch would let cuDNN's conv use them
+(``torch.backends.cudnn.conv.fp32_precision``, on by default) and full fp32 otherwise; bf16 / fp16 accumulate in fp32; fp64 (used
 for gradcheck) accumulates in fp64 and runs only in Triton's interpreter.
 """
 
@@ -126,15 +126,24 @@ def mma(acc, a, b, WIDEN: tl.constexpr, PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
+def pixel_bucket(pixels: int) -> int:
+    """The autotuning key's measure of a call's size: its output pixels, to the next power of two.
+    The best tiles depend on the channels and roughly on the pixel count, not on the exact image size,
+    so dense evaluation (an image size after another) tunes once per bucket, not once per size."""
+    return triton.next_power_of_2(max(1, pixels))
+
+
+# Tuning results are kept on disk (Triton's cache), so a new process does not time the configs again.
 @triton.autotune(
     configs=_forward_configs(),
-    key=["NB", "H", "W", "CIN", "COUT", "KS", "GATED"],
+    key=["PIX_BUCKET", "CIN", "COUT", "KS", "GATED"],
     prune_configs_by={"early_config_prune": _prune_forward},
+    cache_results=True,
 )
 @triton.jit
 def conv_bias_relu_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, gate_ptr,
-    NB, H, W, CIN, COUT,
+    NB, H, W, CIN, COUT, PIX_BUCKET,
     sxn, sxh, sxw, sxc,
     sgn, sgh, sgw, sgc,
     syn, syh, syw, syc,
@@ -174,7 +183,7 @@ def conv_bias_relu_kernel(
             a = tl.load(x_img[:, None] + ih * sxh + iw * sxw + ch[None, :] * sxc, mask=ok, other=0.0)
             if GATED:
                 g = tl.load(g_img[:, None] + ih * sgh + iw * sgw + ch[None, :] * sgc, mask=ok, other=0.0)
-                a = tl.where(g > 0, a, tl.zeros_like(a))
+                a = tl.where(g <= 0, tl.zeros_like(a), a)  # NaN passes, as in torch.relu's backward
             b = tl.load(w_ptr + offs_k[:, None] * COUT + offs_n[None, :],
                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc = mma(acc, a, b, WIDEN, PRECISION)
@@ -195,7 +204,7 @@ def conv_bias_relu_kernel(
             if GATED:
                 g = tl.load(g_img[:, None] + (ih * sgh + iw * sgw)[:, None] + offs_c[None, :] * sgc,
                             mask=ok, other=0.0)
-                a = tl.where(g > 0, a, tl.zeros_like(a))
+                a = tl.where(g <= 0, tl.zeros_like(a), a)  # NaN passes, as in torch.relu's backward
             b = tl.load(w_ptr + (tap * CIN + offs_c)[:, None] * COUT + offs_n[None, :],
                         mask=c_ok[:, None] & n_ok[None, :], other=0.0)
             acc = mma(acc, a, b, WIDEN, PRECISION)
@@ -210,11 +219,25 @@ def conv_bias_relu_kernel(
              mask=m_ok[:, None] & n_ok[None, :])
 
 
+def conv_fp32_precision() -> str:
+    """"tf32" or "ieee": what PyTorch lets cuDNN's conv do with fp32, read through the settings PyTorch
+    2.9 introduced (a conv's own, else cuDNN's, else the global one). Reading the legacy
+    ``cudnn.allow_tf32`` instead raises once a program has used the new settings."""
+    backends = torch.backends
+    conv = getattr(getattr(backends.cudnn, "conv", None), "fp32_precision", None)
+    if conv is None:  # before PyTorch 2.9
+        return "tf32" if backends.cudnn.allow_tf32 else "ieee"
+    for value in (conv, backends.cudnn.fp32_precision, backends.fp32_precision):
+        if value != "none":
+            return "tf32" if value == "tf32" else "ieee"
+    return "ieee"
+
+
 def dot_settings(dtype: torch.dtype) -> dict:
     """The accumulator, dot precision and bf16 widening for operands of ``dtype``."""
     if dtype == torch.float64:
         return dict(ACC=tl.float64, PRECISION="ieee", WIDEN=False)
-    precision = "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+    precision = "tf32" if dtype == torch.float32 and conv_fp32_precision() == "tf32" else "ieee"
     return dict(ACC=tl.float32, PRECISION=precision, WIDEN=INTERPRET and dtype == torch.bfloat16)
 
 
@@ -235,7 +258,7 @@ def implicit_gemm_conv(x: torch.Tensor, packed: torch.Tensor, ks: int, bias: tor
     grid = lambda meta: (triton.cdiv(nb * h * w, meta["BLOCK_M"]) * triton.cdiv(cout, meta["BLOCK_N"]),)
     conv_bias_relu_kernel[grid](
         x, packed, bias if bias is not None else packed, y, g,
-        nb, h, w, cin, cout,
+        nb, h, w, cin, cout, pixel_bucket(nb * h * w),
         x.stride(0), x.stride(2), x.stride(3), x.stride(1),
         g.stride(0), g.stride(2), g.stride(3), g.stride(1),
         y.stride(0), y.stride(2), y.stride(3), y.stride(1),

@@ -1,6 +1,6 @@
 """Backward of ReLU(conv(x, W) + b) in Triton, beside its pure-PyTorch reference.
 
-With ``g = grad_y * (y > 0)`` (the masked output gradient):
+With ``g = grad_y where y > 0 or y is NaN, else 0`` (the masked output gradient, as torch.relu masks it):
 - input gradient: the convolution of ``g`` with the flipped, transposed weights, run by the
   forward kernel of ``conv3x3.py`` (the mask is applied as it loads ``g``);
 - weight gradient: a GEMM [KS*KS*Cin, N*H*W] x [N*H*W, Cout] whose rows gather the shifted input,
@@ -18,14 +18,14 @@ import triton.language as tl
 from einops import rearrange
 
 from .conv3x3 import (INTERPRET, KERNEL_SIZES, _config, device_shared_memory, dot_settings, implicit_gemm_conv,
-                      interpreter_pick, keep_configs, mma)
+                      interpreter_pick, keep_configs, mma, pixel_bucket)
 
 
 def conv_relu_backward_reference(x, weight, y, grad_y, need_bias: bool = True):
     """(dx, dweight, dbias) written the way the kernels compute them, with ATen ops."""
     ks = weight.shape[-1]
     pad = KERNEL_SIZES[ks]
-    g = grad_y * (y > 0)
+    g = torch.where(y <= 0, torch.zeros_like(grad_y), grad_y)  # torch.relu's rule: NaN outputs pass the gradient
     # Flipping the taps and swapping Cin/Cout turns the forward conv into its adjoint.
     dx = torch.nn.functional.conv2d(g, weight.flip(2, 3).transpose(0, 1), padding=ks - 1 - pad)
     dw = torch.nn.grad.conv2d_weight(x, weight.shape, g, padding=pad)
@@ -67,15 +67,17 @@ def _prune_wgrad(configs, named_args, **kwargs):
 
 
 # The partial sums are written, not accumulated, so the autotuner may rerun the kernel freely.
+# Keyed like the forward: by channels, kernel size and a bucket of the pixels each split reduces over.
 @triton.autotune(
     configs=_wgrad_configs(),
-    key=["NB", "H", "W", "CIN", "COUT", "KS", "P_SPLIT"],
+    key=["PIX_BUCKET", "CIN", "COUT", "KS"],
     prune_configs_by={"early_config_prune": _prune_wgrad},
+    cache_results=True,
 )
 @triton.jit
 def conv_wgrad_kernel(
     x_ptr, gy_ptr, y_ptr, dw_ptr, db_ptr,
-    NB, H, W, CIN, COUT, P_SPLIT,
+    NB, H, W, CIN, COUT, P_SPLIT, PIX_BUCKET,
     sxn, sxh, sxw, sxc,
     sgn, sgh, sgw, sgc,
     syn, syh, syw, syc,
@@ -116,7 +118,7 @@ def conv_wgrad_kernel(
         gk = p_ok[:, None] & n_ok[None, :]
         gy = tl.load(gy_ptr + (img * sgn + oh * sgh + ow * sgw)[:, None] + offs_n[None, :] * sgc, mask=gk, other=0.0)
         yv = tl.load(y_ptr + (img * syn + oh * syh + ow * syw)[:, None] + offs_n[None, :] * syc, mask=gk, other=0.0)
-        g = tl.where(yv > 0, gy, tl.zeros_like(gy))
+        g = tl.where(yv <= 0, tl.zeros_like(gy), gy)  # NaN passes, as in torch.relu's backward
         # Shifted-input tile [(tap, channel), pixels].
         ih = oh[None, :] + dh[:, None]
         iw = ow[None, :] + dw[:, None]
@@ -167,7 +169,7 @@ def conv_weight_grad(x, grad_y, y, ks: int, need_bias: bool, split: int | None =
     grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cout, meta["BLOCK_N"]), split)
     conv_wgrad_kernel[grid](
         x, grad_y, y, dw, db,
-        nb, h, w, cin, cout, p_split,
+        nb, h, w, cin, cout, p_split, pixel_bucket(p_split),
         x.stride(0), x.stride(2), x.stride(3), x.stride(1),
         grad_y.stride(0), grad_y.stride(2), grad_y.stride(3), grad_y.stride(1),
         y.stride(0), y.stride(2), y.stride(3), y.stride(1),

@@ -1,11 +1,11 @@
-"""The fused conv + bias + ReLU as an autograd Function and an nn.Module, the ATen fallback for
+"""The fused conv + bias + ReLU as PyTorch operators with autograd and an nn.Module, the ATen fallback for
 what the kernels do not cover, the per-shape choice of ``auto``, and the swap of conv+ReLU pairs
 in any module tree."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -54,35 +54,72 @@ def _warn_fallback(reason: str, x: torch.Tensor, weight: torch.Tensor, where: st
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-class FusedConvReLUFunction(torch.autograd.Function):
-    """ReLU(conv(x, weight) + bias) with its backward, all in Triton. Saves the input and the
-    ReLU output (whose sign is the mask), not the pre-activation."""
+# The kernels as PyTorch operators: torch.compile sees one op per call (and its backward ops), not
+# the Python wrappers and the autotuner, and the fake implementations give it the output shapes.
+@torch.library.custom_op("vggtk::conv_bias_relu", mutates_args=())
+def conv_bias_relu_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      split: Optional[int] = None) -> torch.Tensor:
+    """ReLU(conv(x, weight) + bias) in Triton; ``split`` cuts the weight gradient's pixel reduction
+    (None: as many pieces as fill the GPU)."""
+    return conv_bias_relu(x, weight, bias)
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, split=None):
-        y = conv_bias_relu(x, weight, bias)
-        ctx.save_for_backward(x, weight, y)
-        ctx.has_bias = bias is not None
-        ctx.split = split
-        return y
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y):
-        x, weight, y = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        need_b = need_b and ctx.has_bias
-        reason = unsupported_reason(grad_y, weight.transpose(0, 1), None)
-        if reason is not None:
-            _warn_fallback(reason, x, weight, "backward")
-            dx, dw, db = conv_relu_backward_reference(x, weight, y, grad_y, need_bias=ctx.has_bias)
-            return (dx if need_x else None), (dw if need_w else None), (db if need_b else None), None
-        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
-        dx = conv_input_grad(grad_y, y, weight) if need_x else None
-        dw = db = None
-        if need_w or need_b:
-            dw, db = conv_weight_grad(x, grad_y, y, weight.shape[-1], need_b, ctx.split)
-        return dx, (dw if need_w else None), db, None
+@conv_bias_relu_op.register_fake
+def _(x, weight, bias, split=None):
+    n, _, h, w = x.shape
+    return torch.empty((n, weight.shape[0], h, w), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("vggtk::conv_relu_input_grad", mutates_args=())
+def conv_relu_input_grad_op(grad_y: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return conv_input_grad(grad_y, y, weight)
+
+
+@conv_relu_input_grad_op.register_fake
+def _(grad_y, y, weight):
+    n, _, h, w = grad_y.shape
+    return torch.empty((n, weight.shape[1], h, w), dtype=grad_y.dtype, device=grad_y.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.custom_op("vggtk::conv_relu_weight_grad", mutates_args=())
+def conv_relu_weight_grad_op(x: torch.Tensor, grad_y: torch.Tensor, y: torch.Tensor, kernel_size: int,
+                             split: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dweight, dbias): the bias gradient comes from tiles the kernel loads anyway."""
+    return conv_weight_grad(x, grad_y, y, kernel_size, True, split)
+
+
+@conv_relu_weight_grad_op.register_fake
+def _(x, grad_y, y, kernel_size, split):
+    cout, cin = y.shape[1], x.shape[1]
+    return (x.new_empty((cout, cin, kernel_size, kernel_size)), x.new_empty((cout,)))
+
+
+def _save_for_backward(ctx, inputs, output):
+    x, weight, bias, split = inputs
+    ctx.save_for_backward(x, weight, output)  # the ReLU output's sign is the mask; no pre-activation kept
+    ctx.has_bias, ctx.split = bias is not None, split
+
+
+def _conv_relu_backward(ctx, grad_y):
+    x, weight, y = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and ctx.has_bias
+    reason = unsupported_reason(grad_y, weight.transpose(0, 1), None)
+    if reason is not None:
+        _warn_fallback(reason, x, weight, "backward")
+        dx, dw, db = conv_relu_backward_reference(x, weight, y, grad_y, need_bias=ctx.has_bias)
+        return (dx if need_x else None), (dw if need_w else None), (db if need_b else None), None
+    grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    dx = conv_relu_input_grad_op(grad_y, y, weight) if need_x else None
+    dw = db = None
+    if need_w or need_b:
+        dw, db = conv_relu_weight_grad_op(x, grad_y, y, weight.shape[-1], ctx.split)
+    return dx, (dw if need_w else None), (db if need_b else None), None
+
+
+conv_bias_relu_op.register_autograd(_conv_relu_backward, setup_context=_save_for_backward)
 
 
 def _autocast(x, weight, bias):
@@ -134,7 +171,10 @@ def auto_backend(x, weight, bias, timer=time_call) -> str:
     params = [weight.detach().requires_grad_(weight.requires_grad)]
     params.append(bias.detach().requires_grad_(bias.requires_grad) if bias is not None else None)
     inputs = [t for t in (xs, *params) if t is not None and t.requires_grad]
-    grad_y = torch.randn(x.shape[0], weight.shape[0], *x.shape[2:], device=x.device, dtype=x.dtype)
+    # A generator of its own: timing must not advance the global one, or a resumed run would draw other
+    # dropout masks than an uninterrupted one (auto times a shape on its first call, in any epoch).
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    grad_y = torch.randn(x.shape[0], weight.shape[0], *x.shape[2:], device=x.device, dtype=x.dtype, generator=gen)
 
     def run(impl):
         def call():
@@ -144,7 +184,7 @@ def auto_backend(x, weight, bias, timer=time_call) -> str:
                     torch.autograd.grad(y, inputs, grad_y)
         return call
 
-    return choose(key, {"triton": run(FusedConvReLUFunction.apply), "torch": run(conv_relu_reference)}, timer)
+    return choose(key, {"triton": run(conv_bias_relu_op), "torch": run(conv_relu_reference)}, timer)
 
 
 def fused_conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -167,7 +207,7 @@ def fused_conv_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         # Off CUDA (the interpreter) ATen is always the faster.
         if backend == "auto" and (x.device.type != "cuda" or auto_backend(x, weight, bias) == "torch"):
             return conv_relu_reference(x, weight, bias)
-        return FusedConvReLUFunction.apply(x, weight, bias, split)
+        return conv_bias_relu_op(x, weight, bias, split)
 
 
 class FusedConv2dReLU(nn.Conv2d):

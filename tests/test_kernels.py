@@ -21,7 +21,7 @@ from torch import nn
 
 from vgg_toolkit.kernels import conv3x3, fused_conv
 from vgg_toolkit.kernels.conv3x3_backward import conv_relu_backward_reference, conv_weight_grad
-from vgg_toolkit.kernels.fused_conv import FusedConv2dReLU, FusedConvReLUFunction, fused_conv_relu
+from vgg_toolkit.kernels.fused_conv import FusedConv2dReLU, conv_bias_relu_op, fused_conv_relu
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRET = conv3x3.INTERPRET
@@ -65,7 +65,7 @@ def reference(x, weight, b, grad_y):
 def test_forward_and_backward_match_conv2d_relu(case, dtype):
     x, weight, b = make_inputs(case, dtype)
     leaves = [t.requires_grad_() for t in (x, weight, b)]
-    y = FusedConvReLUFunction.apply(x, weight, b)  # straight to Triton: no fallback possible
+    y = conv_bias_relu_op(x, weight, b)  # straight to Triton: no fallback possible
     grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
     ours = [y, *torch.autograd.grad(y, leaves, grad_y)]
     assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
@@ -80,7 +80,7 @@ def test_without_bias_and_from_nchw_input():
     x, weight, _ = make_inputs(CASES["first-layer"], torch.float32, bias=False)
     x = x.contiguous().requires_grad_()
     weight.requires_grad_()
-    y = FusedConvReLUFunction.apply(x, weight, None)
+    y = conv_bias_relu_op(x, weight, None)
     grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     ours = [y, *torch.autograd.grad(y, (x, weight), grad_y)]
     assert y.is_contiguous(memory_format=torch.channels_last)
@@ -118,13 +118,13 @@ def test_gradcheck_float64(k):
     x, weight, b = make_inputs((2, 5, 4, 3, 5, k), torch.float64, seed=4)
     inputs = [t.requires_grad_() for t in (x, weight, b)]
     # fast_mode checks u^T J v for random u, v: any wrong entry of J shows up, at a few calls.
-    assert torch.autograd.gradcheck(FusedConvReLUFunction.apply, inputs, fast_mode=True)
+    assert torch.autograd.gradcheck(conv_bias_relu_op, inputs, fast_mode=True)
 
 
 def test_relu_keeps_nan_like_torch():
     x, weight, b = make_inputs(CASES["first-layer"], torch.float32)
     x[0, 1, 2, 3] = float("nan")
-    y = FusedConvReLUFunction.apply(x, weight, b)
+    y = conv_bias_relu_op(x, weight, b)
     assert torch.equal(y.isnan(), F.relu(F.conv2d(x, weight, b, padding=1)).isnan())
     assert y.isnan().any()
 
@@ -306,3 +306,111 @@ def test_benchmark_without_cuda_exits_with_a_clear_message(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         _benchmark().main(["--check"])
     assert "needs a CUDA GPU" in str(exc.value.code)
+
+
+# --- defects an offline look found (issue: Triton kernels ready for the GPU) ---------------------------------
+
+@pytest.fixture
+def restore_precision():
+    """The global fp32 settings, put back after the test."""
+    backends = torch.backends
+    saved = (backends.cudnn.conv.fp32_precision, backends.cudnn.fp32_precision, backends.fp32_precision)
+    yield
+    backends.fp32_precision, backends.cudnn.fp32_precision, backends.cudnn.conv.fp32_precision = saved[::-1]
+
+
+@pytest.mark.parametrize("value", ["ieee", "tf32"])
+def test_tf32_follows_pytorchs_current_conv_precision_setting(restore_precision, value):
+    """Set through the settings PyTorch 2.9 added, TF32 is read from them; the legacy flag that the
+    kernels used to read raises once a program has used these."""
+    torch.backends.cudnn.conv.fp32_precision = value
+    assert conv3x3.dot_settings(torch.float32)["PRECISION"] == value
+    x, weight, b = make_inputs(CASES["first-layer"], torch.float32)
+    assert_close(conv_bias_relu_op(x, weight, b), F.relu(F.conv2d(x, weight, b, padding=1)), TOL[torch.float32], "y")
+
+
+def test_tf32_setting_inherited_from_the_global_one(restore_precision):
+    torch.backends.fp32_precision = "ieee"  # conv and cuDNN "none": the global setting decides
+    torch.backends.cudnn.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "none"
+    assert conv3x3.conv_fp32_precision() == "ieee"
+
+
+def test_nan_relu_outputs_pass_their_gradient_as_in_torch_relu():
+    x, weight, b = make_inputs(CASES["tiled"], torch.float32)
+    x[0, 4, 2, 3] = float("nan")
+    grad_y = torch.randn(1, 20, 5, 7, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    ours = [t.clone().requires_grad_() for t in (x, weight, b)]
+    theirs = [t.clone().requires_grad_() for t in (x, weight, b)]
+    y = conv_bias_relu_op(*ours)
+    expected = F.relu(F.conv2d(theirs[0], theirs[1], theirs[2], padding=1))
+    assert y.isnan().any() and torch.equal(y.isnan(), expected.isnan())
+    y.backward(grad_y)
+    expected.backward(grad_y)
+    for mine, ref, name in zip(ours, theirs, ("dx", "dweight", "dbias")):
+        assert torch.equal(mine.grad.isnan(), ref.grad.isnan()), name
+        finite = ~ref.grad.isnan()
+        assert_close(mine.grad[finite], ref.grad[finite], TOL[torch.float32], name)
+    assert not theirs[2].grad.isnan().any()  # the bias gradient: NaN outputs pass their (finite) gradient
+
+
+def test_auto_timing_leaves_the_global_random_generators_alone(monkeypatch):
+    """auto times a shape on its first call, in whatever epoch that is: drawing its timing inputs from
+    the global generator would change the dropout masks of every later step (and break exact resume).
+    The same code path runs on CPU here."""
+    monkeypatch.setattr(fused_conv, "AUTO_CHOICES", {})
+    x, weight, b = make_inputs(CASES["first-layer"], torch.float32)
+    weight.requires_grad_()
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    fused_conv.auto_backend(x, weight, b, timer=lambda fn: (fn(), 1.0)[1])
+    assert torch.equal(torch.get_rng_state(), cpu)
+    assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all() if cuda else [], cuda))
+
+
+def test_autotuning_is_keyed_by_channels_and_a_pixel_bucket_and_kept_across_processes():
+    kernel = conv3x3.conv_bias_relu_kernel
+    assert {"CIN", "COUT", "KS", "PIX_BUCKET"} <= set(kernel.keys) and not {"NB", "H", "W"} & set(kernel.keys)
+    # Tuning results go to Triton's disk cache; Triton turns that off when interpreting, so ask a process
+    # that compiles (importing the kernels needs no GPU).
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    probe = ("from vgg_toolkit.kernels import conv3x3, conv3x3_backward as b; "
+             "print(conv3x3.INTERPRET, conv3x3.conv_bias_relu_kernel.cache_results, b.conv_wgrad_kernel.cache_results)")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]
+    # The autotuner's own record: one entry per key it tuned (here each tuning keeps the one config left).
+    tuned = lambda: [key for key in kernel.cache if key[1:3] == (21, 19)]  # CIN = 21, COUT = 19: this test's
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(19, 21, 3, 3, generator=gen).to(DEVICE)
+    for h, w in ((5, 7), (6, 7), (9, 7)):  # 35, 42 and 63 pixels: one bucket (64)
+        conv_bias_relu_op(torch.randn(1, 21, h, w, generator=gen).to(DEVICE), weight, None)
+    assert len(tuned()) == 1
+    conv_bias_relu_op(torch.randn(1, 21, 10, 7, generator=gen).to(DEVICE), weight, None)  # 70 pixels: the next
+    assert len(tuned()) == 2
+
+
+def test_torch_compile_sees_one_op_per_fused_conv_and_one_per_gradient():
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm.code)
+        return make_boxed_func(gm.forward)
+
+    x, weight, b = make_inputs(CASES["tiled"], torch.float32)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, b)]
+    step = torch.compile(lambda *t: fused_conv_relu(*t, backend="triton").square().sum(),
+                         backend=aot_autograd(fw_compiler=keep, bw_compiler=keep), fullgraph=True)
+    step(*leaves).backward()
+    forward, backward = graphs
+    assert forward.count("torch.ops.vggtk.conv_bias_relu.default") == 1 and "triton" not in forward
+    assert backward.count("torch.ops.vggtk.conv_relu_input_grad.default") == 1
+    assert backward.count("torch.ops.vggtk.conv_relu_weight_grad.default") == 1
+    eager = [t.clone().requires_grad_() for t in (x, weight, b)]
+    fused_conv_relu(*eager, backend="triton").square().sum().backward()
+    assert all(torch.equal(a.grad, e.grad) for a, e in zip(leaves, eager))
