@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all clean gpu-wheels
 
 setup: $(STAMP)
 
@@ -48,5 +48,16 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+# What benchmarks/gpu_check.sh installs on a bare GPU machine that has torch and triton (Python 3.12):
+# this package and webdataset with braceexpand, as wheels in .whl/.
+GPU_PIP := $(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	--implementation cp --platform any -d .whl
+gpu-wheels: setup
+	rm -rf .whl && mkdir -p .whl
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+	$(GPU_PIP) "webdataset==$$($(BIN)/python -c 'import webdataset; print(webdataset.__version__)')"
+	$(GPU_PIP) braceexpand==0.1.7
+	ls .whl
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info .whl
