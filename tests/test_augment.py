@@ -245,3 +245,58 @@ def test_png_decode_is_exact():
     buf = io.BytesIO()
     img.save(buf, "PNG")
     assert torch.equal(decode(buf.getvalue()), torch.from_numpy(np.array(img)).permute(2, 0, 1))
+
+
+def _fashion_batch(n=256):
+    from vgg_toolkit.data.loader import read_split
+
+    manifest = Manifest.load(SHARDS / "fashion-mnist")
+    return manifest, next(iter(read_split(manifest, "val", batch_size=n)))
+
+
+def test_an_in_memory_batch_is_augmented_at_once_with_each_samples_own_draws(host):
+    """The batched path draws what the per-sample path draws (same S, crop, flip, shift for each key) and
+    its pixels differ by at most one level of rounding."""
+    from vgg_toolkit.data.batched import augment_batch
+    from vgg_toolkit.data.shards.reader import sample_generator
+
+    manifest, batch = _fashion_batch()
+    pipe = train_pipeline(manifest)
+    keys = list(batch.keys)
+    fast = augment_batch(batch.images, batch.labels.tolist(), keys, pipe.steps,
+                         [sample_generator(0, 3, k) for k in keys])
+    slow = torch.stack([pipe({"image": im, "label": int(lab), "key": k}, sample_generator(0, 3, k))["image"]
+                        for im, lab, k in zip(batch.images, batch.labels, keys)])
+    assert fast.dtype == torch.uint8 and fast.shape == slow.shape == (256, 1, 32, 32)
+    diff = (fast.int() - slow.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.2
+    again = augment_batch(batch.images, batch.labels.tolist(), keys, pipe.steps,
+                          [sample_generator(0, 3, k) for k in keys])
+    assert torch.equal(fast, again)
+
+
+def test_the_batched_path_declines_a_downscale_and_pixel_ops(host):
+    from vgg_toolkit.data.batched import augment_batch
+    from vgg_toolkit.data.shards.reader import sample_generator
+
+    manifest, batch = _fashion_batch(8)
+    keys, labels = list(batch.keys), batch.labels.tolist()
+    gens = lambda: [sample_generator(0, 0, k) for k in keys]  # noqa: E731
+    shrink = Pipeline([("rescale", {"size": 20}), ("random_crop", {"size": 16})])  # 28 -> 20: a downscale
+    assert augment_batch(batch.images, labels, keys, shrink.steps, gens()) is None
+    pixels = Pipeline([("rescale", {"size": 32}), ("channels", {"channels": 3})])  # needs the pixels
+    assert augment_batch(batch.images, labels, keys, pixels.steps, gens()) is None
+
+
+def test_in_memory_training_uses_the_batched_path_for_the_bundled_data(host, monkeypatch):
+    from vgg_toolkit.train.batches import InMemorySource
+    from vgg_toolkit.runtime.distributed import DistEnv
+
+    manifest, batch = _fashion_batch()
+    pipe = train_pipeline(manifest)
+    source = InMemorySource((batch.images, batch.labels), (batch.images[:8], batch.labels[:8]), 10, [0.0],
+                            pipe, seed=0, keys=list(batch.keys))
+    monkeypatch.setattr(Pipeline, "__call__", lambda *a: pytest.fail("the per-sample path ran"))
+    env = DistEnv()
+    out = next(iter(source.train_batches(0, 0, env, 64, 64)))
+    assert out.images.shape == (64, 1, 32, 32)

@@ -134,6 +134,36 @@ def test_divergence_after_a_checkpoint_names_the_step_and_keeps_that_checkpoint(
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["ckpt-000000002", "ckpt-000000004"]
 
 
+class _NanBackward(torch.autograd.Function):
+    """The identity forward, NaN backward: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+def test_a_non_finite_gradient_under_a_finite_loss_stops_the_run_too(tmp_path):
+    plan, source = tiny_run(epochs=2, batch_size=32, log_every=1, checkpoint_every=2)
+    calls = []
+
+    def poison(module, inputs, output):  # the logits of the 5th training step
+        if module.training and isinstance(module, torch.nn.Linear) and tuple(output.shape) == (32, 10):
+            calls.append(1)
+            if len(calls) == 5:
+                return _NanBackward.apply(output)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(poison)
+    try:
+        with pytest.raises(NonFiniteError, match=r"at step 5: training stopped; last good checkpoint: .*ckpt-000000004"):
+            train(plan, source, tmp_path)
+    finally:
+        handle.remove()
+
+
 def test_bad_batch_split_is_a_clear_error(tmp_path):
     plan, source = tiny_run(batch_size=30, accum_steps=4)
     with pytest.raises(VggtkError, match="global batch 30 does not split into 1 rank"):

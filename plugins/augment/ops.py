@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from vgg_toolkit import (DataError, LazyImage, TrainScale, add_offset, box_area, crop, hflip, image_size, main_box,
-                         resize)
+from vgg_toolkit import (DataError, LazyImage, TrainScale, add_offset, box_area, crop, hflip, image_channels,
+                         image_size, main_box, resize)
 
 
 def _where(sample: dict) -> tuple[str | None, str | None]:
@@ -182,10 +182,9 @@ class ColorShift:
         alpha = torch.randn(3, generator=generator, dtype=torch.float64) * self.alphastd
         shift = (self.eigvec @ (alpha * self.eigval)) * 255.0
         img = sample["image"]
-        channels = img.num_channels if isinstance(img, LazyImage) else img.shape[0]
-        if channels == 1:
+        if image_channels(img) == 1:
             shift = shift.mean().reshape(1)
-        if isinstance(img, LazyImage) or img.dtype == torch.uint8:
+        if not isinstance(img, torch.Tensor) or img.dtype == torch.uint8:  # pending geometry, or uint8
             sample["image"] = add_offset(img, shift.round().to(torch.int64).tolist())
         else:
             sample["image"] = img + shift.to(img.dtype).view(-1, 1, 1)

@@ -59,39 +59,24 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-class LazyImage:
-    """Encoded image plus pending geometry. ``size`` is the (width, height) it will have once decoded."""
+class Geometry:
+    """Geometry asked of an image and not yet applied: the region of the source it covers (``box``, pixel
+    edges), the ``size`` it will have, a mirror, and whole levels to add per channel (colour shift)."""
 
-    __slots__ = ("data", "channels", "shard", "member", "src_size", "src_mode", "box", "size", "flipped", "format",
-                 "offset", "reduced", "correction", "_pil")
+    __slots__ = ("src_size", "box", "size", "flipped", "offset")
 
-    def __init__(self, data: bytes, channels: int | None = None, shard: str | None = None, member: str | None = None):
-        self.data, self.channels, self.shard, self.member = data, channels, shard, member
-        try:
-            self._pil = Image.open(io.BytesIO(data))  # reads the header only; decoded by materialize()
-            self.src_size, self.src_mode, self.format = self._pil.size, self._pil.mode, self._pil.format
-        except Exception as exc:
-            raise DataError(decode_failure(exc), shard, member,
-                            kind="corrupt image") from None
-        w, h = self.src_size
-        self.box = (0.0, 0.0, float(w), float(h))  # region of the source the image covers (pixel edges)
+    def _start(self, w: int, h: int) -> None:
+        self.src_size = (w, h)
+        self.box = (0.0, 0.0, float(w), float(h))
         self.size = (w, h)
         self.flipped = False
         self.offset: list[int] | None = None  # whole levels added to each channel, saturating (colour shift)
-        self.reduced = 1  # the JPEG draft reduction the last decode used (1, 2, 4 or 8)
-        # (ax, bx, ay, by): where a point of the asked-for geometry (x, y) lies in the decoded image,
-        # (ax x + bx, ay y + by); None when they are the same. See _resample.
-        self.correction: tuple[float, float, float, float] | None = None
 
-    @property
-    def num_channels(self) -> int:
-        return 1 if _pil_mode(self.channels, self.src_mode) == "L" else 3
-
-    def _resize(self, w: int, h: int) -> "LazyImage":
+    def _resize(self, w: int, h: int) -> "Geometry":
         self.size = (int(w), int(h))
         return self
 
-    def _crop(self, x: int, y: int, w: int, h: int) -> "LazyImage":
+    def _crop(self, x: int, y: int, w: int, h: int) -> "Geometry":
         cw, ch = self.size
         if self.flipped:  # crop coordinates are in the mirrored image
             x = cw - x - w
@@ -101,15 +86,50 @@ class LazyImage:
         self.size = (int(w), int(h))
         return self
 
-    def _hflip(self) -> "LazyImage":
+    def _hflip(self) -> "Geometry":
         self.flipped = not self.flipped
         return self
 
-    def _add(self, offset: list[int]) -> "LazyImage":
+    def _add(self, offset: list[int]) -> "Geometry":
         if self.offset is not None:  # two shifts: add them, as the tensor path would (up to saturation)
             offset = [a + b for a, b in zip(self.offset, offset)]
         self.offset = [int(v) for v in offset]
         return self
+
+
+class PendingTensor(Geometry):
+    """The geometry asked of an image already decoded (held elsewhere, e.g. in a batch): the augmentations
+    record on it, and ``batched.resample`` applies the records of a whole batch at once."""
+
+    __slots__ = ("num_channels",)
+
+    def __init__(self, width: int, height: int, channels: int):
+        self._start(width, height)
+        self.num_channels = channels
+
+
+class LazyImage(Geometry):
+    """Encoded image plus pending geometry. ``size`` is the (width, height) it will have once decoded."""
+
+    __slots__ = ("data", "channels", "shard", "member", "src_mode", "format", "reduced", "correction", "_pil")
+
+    def __init__(self, data: bytes, channels: int | None = None, shard: str | None = None, member: str | None = None):
+        self.data, self.channels, self.shard, self.member = data, channels, shard, member
+        try:
+            self._pil = Image.open(io.BytesIO(data))  # reads the header only; decoded by materialize()
+            src_size, self.src_mode, self.format = self._pil.size, self._pil.mode, self._pil.format
+        except Exception as exc:
+            raise DataError(decode_failure(exc), shard, member,
+                            kind="corrupt image") from None
+        self._start(*src_size)
+        self.reduced = 1  # the JPEG draft reduction the last decode used (1, 2, 4 or 8)
+        # (ax, bx, ay, by): where a point of the asked-for geometry (x, y) lies in the decoded image,
+        # (ax x + bx, ay y + by); None when they are the same. See _resample.
+        self.correction: tuple[float, float, float, float] | None = None
+
+    @property
+    def num_channels(self) -> int:
+        return 1 if _pil_mode(self.channels, self.src_mode) == "L" else 3
 
     def materialize(self) -> torch.Tensor:
         """Decode once, resample once: a uint8 (C, H, W) tensor."""
@@ -194,13 +214,18 @@ def decode(data: bytes, channels: int | None = None, shard: str | None = None, m
 
 def image_size(img) -> tuple[int, int]:
     """(width, height)."""
-    if isinstance(img, LazyImage):
+    if isinstance(img, Geometry):
         return img.size
     return int(img.shape[-1]), int(img.shape[-2])
 
 
+def image_channels(img) -> int:
+    """1 or 3, for an image pending (lazy) or a (C, H, W) tensor."""
+    return img.num_channels if isinstance(img, Geometry) else int(img.shape[0])
+
+
 def resize(img, w: int, h: int):
-    if isinstance(img, LazyImage):
+    if isinstance(img, Geometry):
         return img._resize(w, h)
     if (int(img.shape[-1]), int(img.shape[-2])) == (w, h):
         return img
@@ -214,13 +239,13 @@ def resize(img, w: int, h: int):
 
 
 def crop(img, x: int, y: int, w: int, h: int):
-    if isinstance(img, LazyImage):
+    if isinstance(img, Geometry):
         return img._crop(x, y, w, h)
     return img[..., y:y + h, x:x + w]
 
 
 def hflip(img):
-    if isinstance(img, LazyImage):
+    if isinstance(img, Geometry):
         return img._hflip()
     return img.flip(-1)
 
@@ -238,7 +263,7 @@ def _saturating_add(img: torch.Tensor, offset: list[int]) -> torch.Tensor:
 
 def add_offset(img, offset: list[int]):
     """Add whole levels ``offset[c]`` to channel c of a uint8 image, saturating at 0 and 255."""
-    if isinstance(img, LazyImage):
+    if isinstance(img, Geometry):
         return img._add(offset)
     return _saturating_add(img.clone(), offset)
 

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 
+from ..data.batched import augment_batch
 from ..data.errors import SkipLog, check_labels
 from ..data.loader import Batch, make_loader, normalize_on_device, read_split
 from ..data.shards.manifest import Manifest
@@ -71,6 +72,13 @@ class InMemorySource:
         self._skipped = skipped or SkipLog()
 
     def _augment(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, index: torch.Tensor) -> torch.Tensor:
+        keys = [self.keys[i] for i in index.tolist()]
+        steps = getattr(self.train_transform, "steps", None)  # a Pipeline's ops: the batch is resampled at once
+        if steps is not None:
+            batch = augment_batch(images, labels.tolist(), keys, steps,
+                                  [sample_generator(self.seed, epoch, key) for key in keys])
+            if batch is not None:
+                return batch
         out = []
         for image, label, i in zip(images, labels.tolist(), index.tolist()):
             sample = {"image": image, "label": label, "key": self.keys[i]}

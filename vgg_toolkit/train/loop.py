@@ -219,7 +219,10 @@ class _Run:
                 loss.backward()
             loss_sum += loss.detach()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        ok = torch.isfinite(loss_sum) & torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        # Some gradient is non-finite exactly when the total gradient norm is (or it overflows fp32, at a
+        # norm over 1e19: a step worth stopping too); one fused pass over the gradients, where a finite
+        # test per element cost as much as a fifth of the backward pass on a 2-core CPU.
+        ok = torch.isfinite(loss_sum) & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
         self.bad_step = torch.where((self.bad_step < 0) & ~ok, self.step_t, self.bad_step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
