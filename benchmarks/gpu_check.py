@@ -99,7 +99,7 @@ def _kept(which: str, config, k: int, cin: int, cout: int, x, limit: int, tiny: 
         return config in conv3x3_backward.keep_wgrad(list(conv3x3_backward.WGRAD_CONFIGS), args, limit)
     gated = which == "dgrad"
     cin_, cout_ = (cout, cin) if gated else (cin, cout)  # the input gradient convolves Cout -> Cin channels
-    args = {"KS": k, "CIN": cin_, "COUT": cout_, "FLAT_K": cin_ < conv3x3.FLAT_K_BELOW, "GATED": gated, "x_ptr": x}
+    args = {"KS": k, "CIN": cin_, "COUT": cout_, "FLAT_K": cin_ < conv3x3.FLAT_K_BELOW, "RELU": not gated, "x_ptr": x}
     return config in conv3x3.keep_forward(list(conv3x3.FORWARD_CONFIGS), args, limit)
 
 

@@ -7,8 +7,8 @@ layout works, but NHWC (channels_last) is the one that gives contiguous channel 
 is always written channels_last. The weight is packed per call into a [KS*KS*Cin, Cout] matrix (at
 most a few MB, against activations of hundreds) so that its tiles are contiguous along Cout.
 
-The same kernel computes the input gradient of the backward pass: a convolution of the output
-gradient, masked where the ReLU output was zero (``gate``), with the flipped, transposed weights.
+The same kernel computes the input gradient of the backward pass: a convolution of the masked
+output gradient with the flipped, transposed weights.
 
 Precision: fp32 inputs use TF32 tensor cores when PyTorch would let cuDNN's conv use them
 (``torch.backends.cudnn.conv.fp32_precision``, on by default) and full fp32 otherwise; bf16 / fp16 accumulate in fp32; fp64 (used
@@ -59,18 +59,23 @@ def interpreter_pick(configs, pixels):
     return [configs[pixels >= INTERPRETER_BIG_M]]
 
 
-# The GPU's candidates; the pruners below keep those that fit a given call and device.
+# The GPU's candidates; the pruners below keep those that fit a given call and device. Compiled ahead
+# of time for sm_90a and sm_80 (benchmarks/kernel_compile.py), none spills registers on the VGG-D
+# shapes: the 4-warp versions of the 128- and 256-row tiles did (ptxas capped them at 168 or 255
+# registers), so those run 8 warps.
 FORWARD_CONFIGS = (
     _config(128, 128, 64, 8, 3),
-    _config(128, 64, 64, 4, 4),
-    _config(64, 128, 64, 4, 4),
+    _config(128, 64, 64, 8, 3),
+    _config(64, 128, 64, 8, 3),
     _config(128, 256, 64, 8, 3),
     _config(256, 128, 64, 8, 3),
-    _config(128, 128, 32, 4, 4),
-    _config(256, 64, 32, 4, 4),
-    _config(128, 64, 32, 4, 4),
+    _config(128, 128, 32, 8, 4),
+    _config(256, 64, 32, 8, 4),
+    _config(128, 64, 32, 8, 4),
     _config(64, 64, 32, 4, 4),
 )
+# SM90 kernels hold 1 KB of static shared memory besides their pipeline buffers; counted everywhere.
+STATIC_SHARED = 1024
 
 
 def _forward_configs():
@@ -87,14 +92,15 @@ def device_shared_memory(tensor: torch.Tensor) -> int:
     return _shared_memory_limit(index)
 
 
-def keep_configs(configs, element_size: int, limit: int, caps: dict, tile_elements) -> list:
+def keep_configs(configs, element_size: int, limit: int, caps: dict, buffer_elements) -> list:
     """The configs whose tiles are no wider than ``caps`` (Cout = 64 never needs BLOCK_N = 256)
-    and whose pipeline buffers, ``tile_elements(config)`` elements per stage of ``element_size``
-    bytes, fit in ``limit`` bytes of shared memory; never none."""
+    and whose pipeline buffers, ``buffer_elements(config)`` elements of ``element_size`` bytes, fit in
+    ``limit`` bytes of shared memory; never none. The buffer counts are those the compiled kernels
+    show on sm_90a (exact there) and bound them on sm_80, which keeps one buffer fewer."""
     kept = [c for c in configs
             if all(c.kwargs[name] <= cap for name, cap in caps.items())
-            and c.num_stages * tile_elements(c) * element_size <= limit]
-    return kept or [min(configs, key=lambda c: c.num_stages * tile_elements(c))]
+            and buffer_elements(c) * element_size <= limit]
+    return kept or [min(configs, key=buffer_elements)]
 
 
 def keep_forward(configs, args: dict, limit: int) -> list:
@@ -103,9 +109,13 @@ def keep_forward(configs, args: dict, limit: int) -> list:
     k = args["KS"] ** 2 * args["CIN"] if args["FLAT_K"] else args["CIN"]
     caps = {"BLOCK_N": max(16, triton.next_power_of_2(args["COUT"])),
             "BLOCK_K": max(16, triton.next_power_of_2(k))}
-    a_tiles = 2 if args["GATED"] else 1  # the gate is loaded like the input
-    return keep_configs(configs, args["x_ptr"].element_size(), limit, caps,
-                        lambda c: c.kwargs["BLOCK_K"] * (a_tiles * c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]))
+    if args["FLAT_K"]:  # the gathered first layer: more than 16 elements per thread spill
+        configs = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_K"] <= 512 * c.num_warps] or configs
+    if not args["RELU"]:  # the input gradient: this tile compiled to 8 B of spills on sm_80 (bf16)
+        configs = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"])
+                   != (128, 64, 64)] or configs
+    return keep_configs(configs, args["x_ptr"].element_size(), limit - STATIC_SHARED, caps,
+                        lambda c: c.num_stages * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"])
 
 
 def _prune_forward(configs, named_args, **kwargs):
@@ -136,19 +146,18 @@ def pixel_bucket(pixels: int) -> int:
 # Tuning results are kept on disk (Triton's cache), so a new process does not time the configs again.
 @triton.autotune(
     configs=_forward_configs(),
-    key=["PIX_BUCKET", "CIN", "COUT", "KS", "GATED"],
+    key=["PIX_BUCKET", "CIN", "COUT", "KS"],
     prune_configs_by={"early_config_prune": _prune_forward},
     cache_results=True,
 )
 @triton.jit
 def conv_bias_relu_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, gate_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr,
     NB, H, W, CIN, COUT, PIX_BUCKET,
     sxn, sxh, sxw, sxc,
-    sgn, sgh, sgw, sgc,
     syn, syh, syw, syc,
     KS: tl.constexpr, FLAT_K: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
-    GATED: tl.constexpr, WIDEN: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    WIDEN: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # Output-channel tiles vary fastest so programs that run together share the input tile.
@@ -167,7 +176,6 @@ def conv_bias_relu_kernel(
     oh = (offs_m % hw) // W
     ow = offs_m % W
     x_img = x_ptr + img * sxn
-    g_img = gate_ptr + img * sgn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     if FLAT_K:
@@ -181,9 +189,6 @@ def conv_bias_relu_kernel(
             iw = ow[:, None] + (tap % KS - PAD)[None, :]
             ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_img[:, None] + ih * sxh + iw * sxw + ch[None, :] * sxc, mask=ok, other=0.0)
-            if GATED:
-                g = tl.load(g_img[:, None] + ih * sgh + iw * sgw + ch[None, :] * sgc, mask=ok, other=0.0)
-                a = tl.where(g <= 0, tl.zeros_like(a), a)  # NaN passes, as in torch.relu's backward
             b = tl.load(w_ptr + offs_k[:, None] * COUT + offs_n[None, :],
                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc = mma(acc, a, b, WIDEN, PRECISION)
@@ -201,10 +206,6 @@ def conv_bias_relu_kernel(
             ok = row_ok[:, None] & c_ok[None, :]
             a = tl.load(x_img[:, None] + (ih * sxh + iw * sxw)[:, None] + offs_c[None, :] * sxc,
                         mask=ok, other=0.0)
-            if GATED:
-                g = tl.load(g_img[:, None] + (ih * sgh + iw * sgw)[:, None] + offs_c[None, :] * sgc,
-                            mask=ok, other=0.0)
-                a = tl.where(g <= 0, tl.zeros_like(a), a)  # NaN passes, as in torch.relu's backward
             b = tl.load(w_ptr + (tap * CIN + offs_c)[:, None] * COUT + offs_n[None, :],
                         mask=c_ok[:, None] & n_ok[None, :], other=0.0)
             acc = mma(acc, a, b, WIDEN, PRECISION)
@@ -247,22 +248,19 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def implicit_gemm_conv(x: torch.Tensor, packed: torch.Tensor, ks: int, bias: torch.Tensor | None,
-                       relu: bool, gate: torch.Tensor | None = None) -> torch.Tensor:
+                       relu: bool) -> torch.Tensor:
     """Run the kernel: ``x`` [N, Cin, H, W] (any strides), ``packed`` from :func:`pack_weight`
-    (or its backward counterpart); where ``gate`` is given, ``x`` is zeroed where ``gate <= 0``.
-    Returns [N, Cout, H, W] in channels_last, dtype of ``x``."""
+    (or its backward counterpart). Returns [N, Cout, H, W] in channels_last, dtype of ``x``."""
     nb, cin, h, w = x.shape
     cout = packed.shape[1]
     y = torch.empty((nb, cout, h, w), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-    g = gate if gate is not None else x
     grid = lambda meta: (triton.cdiv(nb * h * w, meta["BLOCK_M"]) * triton.cdiv(cout, meta["BLOCK_N"]),)
     conv_bias_relu_kernel[grid](
-        x, packed, bias if bias is not None else packed, y, g,
+        x, packed, bias if bias is not None else packed, y,
         nb, h, w, cin, cout, pixel_bucket(nb * h * w),
         x.stride(0), x.stride(2), x.stride(3), x.stride(1),
-        g.stride(0), g.stride(2), g.stride(3), g.stride(1),
         y.stride(0), y.stride(2), y.stride(3), y.stride(1),
-        KS=ks, FLAT_K=cin < FLAT_K_BELOW, HAS_BIAS=bias is not None, RELU=relu, GATED=gate is not None,
+        KS=ks, FLAT_K=cin < FLAT_K_BELOW, HAS_BIAS=bias is not None, RELU=relu,
         **dot_settings(x.dtype),
     )
     return y

@@ -2,7 +2,10 @@
 
 With ``g = grad_y where y > 0 or y is NaN, else 0`` (the masked output gradient, as torch.relu masks it):
 - input gradient: the convolution of ``g`` with the flipped, transposed weights, run by the
-  forward kernel of ``conv3x3.py`` (the mask is applied as it loads ``g``);
+  forward kernel of ``conv3x3.py`` on ``g`` formed first. Applying the mask inside that kernel
+  instead (loading ``grad_y`` and ``y`` tile by tile) needed more registers and shared memory for
+  every config, and spilled for three of them, in the compiled code for sm_90a and sm_80; one pass
+  forming ``g`` costs a read of two tensors and a write of one;
 - weight gradient: a GEMM [KS*KS*Cin, N*H*W] x [N*H*W, Cout] whose rows gather the shifted input,
   split along N*H*W so that the early layers (few rows, millions of pixels) fill the GPU; each
   split writes its own partial sum, and the few partials are added by ``torch.sum`` (deterministic,
@@ -17,15 +20,15 @@ import triton
 import triton.language as tl
 from einops import rearrange
 
-from .conv3x3 import (INTERPRET, KERNEL_SIZES, _config, device_shared_memory, dot_settings, implicit_gemm_conv,
-                      interpreter_pick, keep_configs, mma, pixel_bucket)
+from .conv3x3 import (INTERPRET, KERNEL_SIZES, STATIC_SHARED, _config, device_shared_memory, dot_settings,
+                      implicit_gemm_conv, interpreter_pick, keep_configs, mma, pixel_bucket)
 
 
 def conv_relu_backward_reference(x, weight, y, grad_y, need_bias: bool = True):
     """(dx, dweight, dbias) written the way the kernels compute them, with ATen ops."""
     ks = weight.shape[-1]
     pad = KERNEL_SIZES[ks]
-    g = torch.where(y <= 0, torch.zeros_like(grad_y), grad_y)  # torch.relu's rule: NaN outputs pass the gradient
+    g = masked_grad(grad_y, y)
     # Flipping the taps and swapping Cin/Cout turns the forward conv into its adjoint.
     dx = torch.nn.functional.conv2d(g, weight.flip(2, 3).transpose(0, 1), padding=ks - 1 - pad)
     dw = torch.nn.grad.conv2d_weight(x, weight.shape, g, padding=pad)
@@ -34,13 +37,14 @@ def conv_relu_backward_reference(x, weight, y, grad_y, need_bias: bool = True):
 
 
 # Rows x Cout x pixels; in the interpreter the pixel reduction is the long loop of a whole tiny network.
+# None spills on the VGG-D shapes for sm_90a or sm_80 (benchmarks/kernel_compile.py): 8 warps for the
+# larger tiles, and no 128x128x64 (it spilled on sm_80 at any stage count).
 WGRAD_CONFIGS = (
-    _config(128, 128, 64, 8, 3),
-    _config(128, 64, 64, 4, 4),
-    _config(64, 128, 64, 4, 4),
-    _config(64, 64, 64, 4, 4),
-    _config(128, 128, 32, 4, 4),
-    _config(32, 64, 64, 4, 4),
+    _config(128, 128, 32, 8, 4),
+    _config(128, 64, 64, 8, 4),
+    _config(64, 128, 64, 8, 4),
+    _config(64, 64, 64, 8, 4),
+    _config(32, 64, 32, 4, 4),
 )
 WGRAD_INTERPRETER_CONFIGS = (_config(32, 16, 16, 4, 1), _config(32, 32, 128, 4, 1))
 
@@ -54,9 +58,11 @@ def keep_wgrad(configs, args: dict, limit: int) -> list:
     bytes of shared memory per block."""
     caps = {"BLOCK_M": max(16, triton.next_power_of_2(args["KS"] ** 2 * args["CIN"])),
             "BLOCK_N": max(16, triton.next_power_of_2(args["COUT"]))}
-    # Per stage: the input tile, and the output gradient and ReLU output tiles.
-    return keep_configs(configs, args["x_ptr"].element_size(), limit, caps,
-                        lambda c: c.kwargs["BLOCK_K"] * (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"]))
+    # The input tile per stage; the output gradient and ReLU output tiles, masked in registers, one
+    # buffer fewer each (and one more tile for the masked operand of the MMA).
+    return keep_configs(configs, args["x_ptr"].element_size(), limit - STATIC_SHARED, caps,
+                        lambda c: (c.num_stages * c.kwargs["BLOCK_M"] + (2 * c.num_stages - 1) * c.kwargs["BLOCK_N"])
+                        * c.kwargs["BLOCK_K"])
 
 
 def _prune_wgrad(configs, named_args, **kwargs):
@@ -187,7 +193,12 @@ def pack_weight_transposed(weight: torch.Tensor) -> torch.Tensor:
     return rearrange(weight.flip(2, 3), "co ci kh kw -> (kh kw co) ci").contiguous()
 
 
+def masked_grad(grad_y: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``grad_y`` where the ReLU passed it: zero where ``y <= 0``; a NaN output passes, as in torch.relu."""
+    return torch.where(y <= 0, torch.zeros((), dtype=grad_y.dtype, device=grad_y.device), grad_y)
+
+
 def conv_input_grad(grad_y, y, weight):
     """dx [N, Cin, H, W] (channels_last), the 3x3 (or 1x1) conv of the masked ``grad_y``."""
-    return implicit_gemm_conv(grad_y, pack_weight_transposed(weight), weight.shape[-1], None,
-                              relu=False, gate=y)
+    g = masked_grad(grad_y, y).contiguous(memory_format=torch.channels_last)
+    return implicit_gemm_conv(g, pack_weight_transposed(weight), weight.shape[-1], None, relu=False)

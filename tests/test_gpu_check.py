@@ -28,7 +28,12 @@ def test_the_gpu_check_runs_end_to_end_under_the_interpreter():
                           timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert "348 checks" in out and ", 0 failed," in out  # every config of the three kernels, 4 layers, 2 x 2
+    gpu_check = _module()
+    from vgg_toolkit.kernels import conv3x3, conv3x3_backward
+
+    # Every config of each kernel, 2 dtypes x 2 batches x the 4 tiny layers (the input gradient skips the first).
+    checks = 4 * (len(conv3x3.FORWARD_CONFIGS) * (4 + 3) + len(conv3x3_backward.WGRAD_CONFIGS) * 4)
+    assert len(gpu_check.TINY_LAYERS) == 4 and f"{checks} checks" in out and ", 0 failed," in out
     for table in ("| kernel | config |", "| layer | Cin | Cout | HxW |", "| conv backend | images/s |"):
         assert table in out
     assert "| triton | " in out and " 13 | " in out  # the training step ran with all 13 convs fused
