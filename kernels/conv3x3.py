@@ -11,8 +11,9 @@ The same kernel computes the input gradient of the backward pass: a convolution 
 output gradient with the flipped, transposed weights.
 
 Precision: fp32 inputs use TF32 tensor cores when PyTorch would let cuDNN's conv use them
-(``torch.backends.cudnn.conv.fp32_precision``, on by default) and full fp32 otherwise; bf16 / fp16 accumulate in fp32; fp64 (used
-for gradcheck) accumulates in fp64 and runs only in Triton's interpreter.
+(``torch.backends.cudnn.conv.fp32_precision``, on by default) and full fp32 otherwise; bf16 / fp16
+accumulate in fp32; fp64 (used for gradcheck) accumulates in fp64 and runs only in Triton's
+interpreter.
 """
 
 from __future__ import annotations

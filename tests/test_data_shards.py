@@ -288,7 +288,7 @@ def test_garments_on_photos_rebuild_the_same_and_their_boxes_are_the_pasted_pixe
             for split in ("train", "val", "test")}
     assert not keys["train"] & keys["val"]  # never the same garment twice among the training file's
     # On a black photo, the pasted pixels are the only bright ones: the box is exactly their extent.
-    monkeypatch.setattr(module, "_photo", lambda path: np.zeros((300, 300, 3), np.uint8))
+    monkeypatch.setattr(module, "_background", lambda path: Image.new("RGB", (300, 300)))
     for ref in module.garments_on_photos(**small).refs[:10]:
         record = ref.load()
         canvas = np.asarray(Image.open(io.BytesIO(record.image)))

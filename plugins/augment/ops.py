@@ -174,18 +174,18 @@ class ColorShift:
     lazy_ok = True
 
     def __init__(self, eigval, eigvec, alphastd: float = 0.1):
-        self.eigval = torch.as_tensor(eigval, dtype=torch.float64).reshape(3)
-        self.eigvec = torch.as_tensor(eigvec, dtype=torch.float64).reshape(3, 3)
-        self.alphastd = float(alphastd)
+        eigval = torch.as_tensor(eigval, dtype=torch.float64).reshape(3)
+        eigvec = torch.as_tensor(eigvec, dtype=torch.float64).reshape(3, 3)
         # shift = eigvec @ (alpha * alphastd * eigval) * 255, folded into one matrix applied to alpha as
         # plain floats: this runs for every training sample, where tensor ops cost more than the arithmetic.
-        rgb = (self.eigvec * (self.eigval * self.alphastd * 255.0)).tolist()
+        rgb = (eigvec * (eigval * float(alphastd) * 255.0)).tolist()
         self._rows = {3: rgb, 1: [[sum(row[k] for row in rgb) / 3 for k in range(3)]]}  # grey: the channels' mean
 
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
         alpha = torch.randn(3, generator=generator, dtype=torch.float64).tolist()
         img = sample["image"]
-        shift = [row[0] * alpha[0] + row[1] * alpha[1] + row[2] * alpha[2] for row in self._rows[image_channels(img)]]
+        shift = [row[0] * alpha[0] + row[1] * alpha[1] + row[2] * alpha[2]
+                 for row in self._rows[image_channels(img)]]
         if not isinstance(img, torch.Tensor) or img.dtype == torch.uint8:  # pending geometry, or uint8
             sample["image"] = add_offset(img, [round(v) for v in shift])
         else:

@@ -1,13 +1,15 @@
 """The training augmentation of a whole in-memory batch at once: each sample's pipeline runs as always,
 from its own generator seeded by (seed, epoch, key), but on a ``PendingTensor`` that only records the
-rescale, crop, flip and colour shift it is asked for; two batched matrix products then resample the batch.
+rescale, crop, flip and colour shift it is asked for; two batched matrix products then resample the
+batch.
 
 The draws are the very ones the per-sample path makes, so each sample gets the same S, crop, flip and
 shift. The pixels agree up to rounding (the per-sample path rounds to uint8 after the rescale; here
-the crop is sampled straight from the source and rounded once), and it is done only where every sample is
-upsampled (the source region no larger than the output), where bilinear and antialiased bilinear
-are the same filter (a tent over the two nearest source pixels). Anything else (a downscale, an augmentation that needs pixels, outputs of
-different sizes) returns None and the caller runs the per-sample path.
+the crop is sampled straight from the source and rounded once), and it is done only where every
+sample is upsampled (the source region no larger than the output), where bilinear and antialiased
+bilinear are the same filter (a tent over the two nearest source pixels). Anything else (a downscale,
+an augmentation that needs pixels, outputs of different sizes) returns None and the caller runs the
+per-sample path.
 """
 
 from __future__ import annotations

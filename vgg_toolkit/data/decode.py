@@ -99,7 +99,7 @@ class Geometry:
 
 class PendingTensor(Geometry):
     """The geometry asked of an image already decoded (held elsewhere, e.g. in a batch): the augmentations
-    record on it, and ``batched.resample`` applies the records of a whole batch at once."""
+    record on it, and ``batched.augment_batch`` applies the records of a whole batch at once."""
 
     __slots__ = ("num_channels",)
 

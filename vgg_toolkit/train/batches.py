@@ -80,9 +80,9 @@ class InMemorySource:
             if batch is not None:
                 return batch
         out = []
-        for image, label, i in zip(images, labels.tolist(), index.tolist()):
-            sample = {"image": image, "label": label, "key": self.keys[i]}
-            out.append(self.train_transform(sample, sample_generator(self.seed, epoch, self.keys[i]))["image"])
+        for image, label, key in zip(images, labels.tolist(), keys):
+            sample = {"image": image, "label": label, "key": key}
+            out.append(self.train_transform(sample, sample_generator(self.seed, epoch, key))["image"])
         return torch.stack(out)
 
     def split_layout(self, env: DistEnv) -> dict:

@@ -99,6 +99,7 @@ def _arrays_from_shards(root: Path):
     """The same, from shards this source wrote (keys name the index in the IDX file): the bundled subset
     lets the sources built on Fashion-MNIST run where the Debian package cannot be installed. The third
     array of each pair gives each image's index in its IDX file."""
+    from ..decode import decode
     from ..shards.manifest import Manifest
     from ..shards.reader import iter_raw
 
@@ -114,8 +115,7 @@ def _arrays_from_shards(root: Path):
                 if part is None or not index.isdigit():
                     raise VggtkError(f"{path}: {raw['__key__']} is not a Fashion-MNIST key (fmnist_train_N or "
                                      f"fmnist_t10k_N)")
-                with Image.open(io.BytesIO(raw["png"])) as img:
-                    part[0].append(np.asarray(img.convert("L")))
+                part[0].append(decode(raw["png"], 1, path, f"{raw['__key__']}.png")[0].numpy())
                 part[1].append(int(raw["cls"]))
                 part[2].append(int(index))
     return tuple((np.stack(x), np.array(y, dtype=np.uint8), np.array(i)) for x, y, i in parts.values())
@@ -124,7 +124,8 @@ def _arrays_from_shards(root: Path):
 def _idx_only(root):
     """Only the IDX files define the balanced subset; a subset of it cannot rebuild itself."""
     if from_shards(root):
-        raise VggtkError(f"{fashion_mnist_root(root)}: the fashion-mnist source draws from the IDX files; shards are no source for it")
+        raise VggtkError(f"{fashion_mnist_root(root)}: the fashion-mnist source draws from the IDX files; "
+                         "shards are no source for it")
     return fashion_mnist_arrays(root)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -20,7 +19,7 @@ from ...errors import VggtkError
 from ..shards.records import Record
 from .base import Source
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_LICENCE, fashion_mnist_arrays, from_shards
-from .labelme_composites import BACKGROUNDS, _skimage_dir
+from .labelme_composites import BACKGROUNDS, _background, _skimage_dir
 
 SIDE = 56  # under 64 px: the small-image recipe (S in [32, 40], 32 crops) trains it quickly
 GARMENT = (20, 48)  # the pasted garment's side, in pixels of the 56-pixel image
@@ -40,7 +39,7 @@ class GarmentRef:
 
     def load(self) -> Record:
         rng = np.random.default_rng(self.seed)
-        photo = Image.fromarray(_photo(self.background))
+        photo = _background(self.background)
         # A random square crop of the photo, 30-100% of its shorter side, scaled to the image size.
         side = min(photo.size) * rng.uniform(0.3, 1.0)
         x, y = rng.uniform(0, photo.size[0] - side), rng.uniform(0, photo.size[1] - side)
@@ -62,16 +61,10 @@ class GarmentRef:
                       meta={"background": self.background.rsplit("/", 1)[-1].split(".")[0]})
 
 
-@lru_cache(maxsize=None)
-def _photo(path: str) -> np.ndarray:
-    """A background photo, decoded once per process (it is read for thousands of images)."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
-
-
 def garments_on_photos(root=None, train: int = 20000, val: int = 2000, test: int = 5000, seed: int = 0) -> Source:
     """``train`` + ``val`` garments from Fashion-MNIST's 60,000 training images, ``test`` from its 10,000
-    test images (or from the 14,000 and 2,000 of a fashion-mnist shard directory given as ``root``), each pasted on a crop of a real photo (see the module docstring)."""
+    test images (or from the 14,000 and 2,000 of a fashion-mnist shard directory given as ``root``), each
+    pasted on a crop of a real photo (see the module docstring)."""
     (train_x, train_y, train_ids), (test_x, test_y, test_ids) = fashion_mnist_arrays(root)
     if train + val > len(train_x) or test > len(test_x):
         raise VggtkError(f"garments-on-photos: train + val may be at most {len(train_x):,} and test at most "
