@@ -18,7 +18,7 @@ from .contract.model import (FeatureTaps, FinetuneScopes, FullyConvolutional, Mo
                              WeightLayouts, find_model_info, model_info, set_model_info)
 from .contract.options import OptionSpec
 from .contract.scale import TrainScale, parse_test_scales
-from .contract.task import BoxTargets, EvalRequest, Head
+from .contract.task import AuxiliaryOutputs, BoxTargets, EvalRequest, Head, task_loss
 from .data.bundled import resolve_data
 from .data.decode import LazyImage, add_offset, crop, hflip, image_channels, image_size, read_image, resize
 from .data.errors import DataError, check_policy
@@ -45,7 +45,7 @@ from .version import __version__
 
 __all__ = [
     # plugins
-    "hookimpl", "get_host", "OptionSpec", "Head", "BoxTargets", "EvalRequest", "DataFacts", "with_plugin_options",
+    "hookimpl", "get_host", "OptionSpec", "Head", "BoxTargets", "AuxiliaryOutputs", "task_loss", "EvalRequest", "DataFacts", "with_plugin_options",
     # errors
     "VggtkError", "RegistryError", "WeightsError", "DataError", "check_policy",
     # models

@@ -25,7 +25,9 @@ def vggtk_register_architectures(register: Callable[..., None]) -> None:
     default square input. ``defaults(facts: DataFacts) -> dict`` gives factory options suited to the
     data (e.g. a narrower net for tiny images); the user's options win. What a network can do besides
     ``forward`` it declares by the Protocols of ``vgg_toolkit.contract.model`` (``FullyConvolutional``,
-    ``FeatureTaps``, ``WeightLayouts``, ``WarmStart``, ``ReceptiveField``).
+    ``FeatureTaps``, ``WeightLayouts``, ``WarmStart``, ``ReceptiveField``). A network with auxiliary
+    classifiers returns ``vgg_toolkit.AuxiliaryOutputs(main, auxiliary, weights)`` while training and
+    ``main`` alone in eval mode; the loop adds their weighted head losses (``vgg_toolkit.task_loss``).
     """
 
 

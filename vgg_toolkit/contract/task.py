@@ -5,7 +5,7 @@ the loop. Heads are registered through ``vggtk_register_heads``; ``factory(**opt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -25,6 +25,29 @@ class Head(Protocol):
     def error_counts(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """For each error measure, how many samples of the batch it counts wrong, as integer tensors
         (counted on the device, without a host sync); the loop sums them over the split."""
+
+
+class AuxiliaryOutputs(NamedTuple):
+    """What a network with auxiliary classifiers (GoogLeNet's side heads) returns from ``forward`` in
+    training mode; in eval mode it returns ``main`` alone. Each auxiliary output has the shape of
+    ``main`` and learns the same targets through the head's own loss, weighted: see ``task_loss``."""
+
+    main: torch.Tensor
+    auxiliary: tuple[torch.Tensor, ...]
+    weights: tuple[float, ...]
+
+
+def task_loss(head: "Head", outputs: "torch.Tensor | AuxiliaryOutputs", targets: torch.Tensor) -> torch.Tensor:
+    """The loss the loop back-propagates: the head's loss of the main output, plus each auxiliary
+    output's head loss times its weight. Errors are always counted on the main output alone."""
+    if not isinstance(outputs, AuxiliaryOutputs):
+        return head.loss(outputs, targets)
+    if len(outputs.auxiliary) != len(outputs.weights):
+        raise ValueError(f"{len(outputs.auxiliary)} auxiliary outputs but {len(outputs.weights)} weights")
+    loss = head.loss(outputs.main, targets)
+    for weight, aux in zip(outputs.weights, outputs.auxiliary):
+        loss = loss + weight * head.loss(aux, targets)
+    return loss
 
 
 @runtime_checkable

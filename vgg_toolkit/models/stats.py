@@ -27,7 +27,8 @@ def _macs_hook(counter: list[int]):
 
 
 def model_stats(model: nn.Module, input_size: int = 224, in_chans: int | None = None) -> ModelStats:
-    """Count parameters and weight layers, and MACs for one image of ``input_size`` squared.
+    """Count parameters and weight layers, and MACs for one image of ``input_size`` squared, as the
+    network predicts (in eval mode; parameters include any used only in training, e.g. auxiliary heads).
 
     Build the model under ``torch.device("meta")`` and this costs no memory and no arithmetic:
     the hooks need only the output shapes.
@@ -40,11 +41,14 @@ def model_stats(model: nn.Module, input_size: int = 224, in_chans: int | None = 
     counter = [0]
     handles = [m.register_forward_hook(_macs_hook(counter)) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]
+    training = model.training
     try:
         device = next(model.parameters()).device
+        model.eval()  # the network as it predicts: no auxiliary classifiers
         with torch.no_grad():
             model(torch.zeros(1, in_chans, input_size, input_size, device=device))
     finally:
+        model.train(training)
         for h in handles:
             h.remove()
     rf = model.receptive_field() if hasattr(model, "receptive_field") else None

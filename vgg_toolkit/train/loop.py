@@ -23,7 +23,7 @@ from torch import nn
 
 from ..contract.model import model_info, set_model_info
 from ..errors import VggtkError
-from ..contract.task import BoxTargets
+from ..contract.task import BoxTargets, task_loss
 from ..evaluation.geometry import center_view, center_view_boxes
 from ..host.manager import get_host
 from ..models.factory import create_model, prepare_model
@@ -215,7 +215,7 @@ class _Run:
                 x = self.source.normalize(batch.images.to(self.device, non_blocking=True))
                 outputs = self.net(x.contiguous(memory_format=torch.channels_last))
                 targets = self._targets(batch, batch.boxes, *x.shape[-2:])
-                loss = self.head.loss(outputs, targets.to(self.device, non_blocking=True)) / len(micro)
+                loss = task_loss(self.head, outputs, targets.to(self.device, non_blocking=True)) / len(micro)
                 loss.backward()
             loss_sum += loss.detach()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
