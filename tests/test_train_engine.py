@@ -13,11 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import vgg_toolkit as vt
 from tiny_training import NET, tiny_run
 from vgg_toolkit import VggtkError
 from vgg_toolkit.train.batches import InMemorySource
 from vgg_toolkit.train.checkpoint import complete_checkpoints, latest_checkpoint
+from vgg_toolkit.train.config import parse_config
 from vgg_toolkit.train.loop import NonFiniteError, train
+from vgg_toolkit.train.plan import plan_run
 
 JOB = Path(__file__).parent / "jobs" / "train_job.py"
 
@@ -255,3 +258,41 @@ def test_an_interrupted_checkpoint_write_leaves_the_last_checkpoint_whole(tmp_pa
     monkeypatch.undo()
     resumed, _ = tiny_run(epochs=1, batch_size=32, log_every=1, checkpoint_every=2)
     assert train(resumed, source, tmp_path)["step"] == 8  # the run continues from step 2
+
+
+class _AuxNet(torch.nn.Module):
+    """A trunk with the main classifier and one auxiliary classifier, which only the auxiliary loss reaches."""
+
+    def __init__(self, num_classes: int = 10, *, in_chans: int = 1, input_size: int = 32, aux_weight: float = 0.3):
+        super().__init__()
+        self.trunk = torch.nn.Sequential(torch.nn.Conv2d(in_chans, 4, 3, stride=4), torch.nn.ReLU(),
+                                         torch.nn.Flatten())
+        width = 4 * ((input_size - 3) // 4 + 1) ** 2
+        self.main, self.aux = torch.nn.Linear(width, num_classes), torch.nn.Linear(width, num_classes)
+        self.aux_weight = aux_weight
+
+    def forward(self, x):
+        features = self.trunk(x)
+        if not self.training:
+            return self.main(features)
+        return vt.AuxiliaryOutputs(self.main(features), (self.aux(features),), (self.aux_weight,))
+
+
+def test_auxiliary_outputs_train_through_the_heads_loss_and_validation_sees_the_main_one(host, tmp_path):
+    class Plugin:
+        @vt.hookimpl
+        def vggtk_register_architectures(self, register):
+            register("auxnet", _AuxNet, input_size=32)
+
+    host.register(Plugin(), "auxnet")
+    _, source = tiny_run()
+    facts = vt.DataFacts(tuple(f"class{i}" for i in range(10)), 1, (72.0,) * 3, 32, vt.TrainScale(32, 32))
+    runs = {}
+    for aux_weight in (0.0, 0.3):  # same seed, same start; no weight decay, so a weight moves only by its loss
+        plan = plan_run(parse_config({"arch": "auxnet", "epochs": 1, "batch_size": 32, "weight_decay": 0,
+                                      "model": {"aux_weight": aux_weight}}), facts)
+        summary = train(plan, source, tmp_path / str(aux_weight))
+        assert summary["best_val"]["val_top1_err"] < 90  # validated on the main output: a tuple would fail
+        runs[aux_weight] = weights(summary["checkpoint"])
+    assert not torch.equal(runs[0.3]["aux.weight"], runs[0.0]["aux.weight"])  # the weighted auxiliary loss
+    assert not torch.equal(runs[0.3]["trunk.0.weight"], runs[0.0]["trunk.0.weight"])  # reached the trunk too
