@@ -28,9 +28,9 @@ RUN_MARK = ".vggtk-run"  # in every run directory vggtk has written to
 LOGS = ("config.json", "metrics.jsonl", "metrics.png")  # what a run writes beside its checkpoints
 
 
-def claim_run_dir(run_dir: str | os.PathLike) -> Path:
-    """Before any work: ``run_dir`` can be written and holds nothing a run would overwrite or delete that
-    vggtk did not write; then it is marked as a run directory. Other files may share it, untouched."""
+def check_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Before any work, and writing nothing: ``run_dir`` can be written and holds nothing a run would
+    overwrite or delete that vggtk did not write. Other files may share it, untouched."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise VggtkError(f"{run_dir}: is a file; --run-dir names a folder")
@@ -50,6 +50,12 @@ def claim_run_dir(run_dir: str | os.PathLike) -> Path:
             if foreign or (ckpt.exists() and not ckpt.is_dir()):
                 raise VggtkError(f"{ckpt / foreign[0] if foreign else ckpt}: was not written by vggtk train, and "
                                  "replacing or pruning that checkpoint would delete it; move it away")
+    return run_dir
+
+
+def claim_run_dir(run_dir: str | os.PathLike) -> Path:
+    """``check_run_dir``, then mark the folder as a run directory (made if need be)."""
+    run_dir = check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_MARK).touch()
     return run_dir

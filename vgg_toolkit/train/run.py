@@ -17,7 +17,7 @@ from ..evaluation.on_shards import evaluate_on_shards
 from ..models.trained import load_trained
 from ..runtime.devices import pick_device
 from .batches import source_for
-from .checkpoint import claim_run_dir
+from .checkpoint import check_run_dir
 from .config import TrainConfig
 from .loop import train
 from .plan import plan_run
@@ -27,7 +27,9 @@ from .reporting import TrainReporter
 def run_training(config: TrainConfig, resume: str = "auto", console: Console | None = None) -> dict:
     """Train as ``config`` says; on rank 0, evaluate the best checkpoint on the test split with the
     ``center`` protocol (as ``vggtk eval --methods center`` would) and print a summary."""
-    run_dir = claim_run_dir(config.run_dir)  # before the data is read: a run directory it cannot use is said now
+    # Before the data is read, a run directory it cannot use is said; nothing is written there until the
+    # data and the plan are good (the loop claims it), so a mistyped name leaves no empty run behind.
+    run_dir = check_run_dir(config.run_dir)
     manifest = Manifest.load(resolve_data(config.data))
     plan = plan_run(config, data_facts(manifest))
     train_pipe = train_pipeline(manifest, crop=plan.input_size, scale=plan.scale)
