@@ -1,4 +1,8 @@
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +66,20 @@ def trained(shards, tmp_path_factory):
     result = vggtk("train", "--data", shards, "--run-dir", run, "--config", config, "--lr", "0.02")
     assert result.exit_code == 0, result.output
     return run, result.output
+
+
+CLASSIC_NETS = Path(__file__).resolve().parents[1] / "examples" / "vggtk-classic-nets"
+
+
+@pytest.fixture(scope="session")
+def classic_nets_site(tmp_path_factory):
+    """The example plugin package, installed by pip from the repository (no network, no build isolation)
+    into a folder of its own: with that folder on PYTHONPATH the test venv's interpreter has it
+    installed, without it not, so one session tests both."""
+    site, source = tmp_path_factory.mktemp("classic-nets-site"), tmp_path_factory.mktemp("classic-nets-src")
+    # pip builds in the source folder: a copy keeps build/ and egg-info out of the checkout (and a stale
+    # build/ out of the wheel)
+    shutil.copytree(CLASSIC_NETS, source, dirs_exist_ok=True, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index",
+                    "--no-deps", "--no-build-isolation", "--target", str(site), str(source)], check=True)
+    return site
