@@ -201,6 +201,16 @@ CASES = [
     ("extract features over a user's file", ["extract-features", "{run}/best", "--data", "{shards}", "--splits",
                                              "val", "--out", "{w}/features"], "val.safetensors"),
     ("linear probe with C = NaN", ["linear-probe", "{w}/features", "--c", "nan"], "--c"),
+    # compare
+    ("compare an unknown architecture", ["compare", "vgg-q", "--no-timing"], "vgg-q"),
+    ("compare with results that are not eval's", ["compare", "{run}/best", "--results", "{user}/eval.json",
+                                                   "--chart", "{w}/chart.png", "--no-timing"], "eval.json"),
+    ("compare charting over a user's file", ["compare", "{run}/best", "--results", "{w}/e.json", "--chart",
+                                             "{user}/notes.txt"], "notes.txt"),
+    ("compare writing JSON over a user's file", ["compare", "vgg-a", "--out", "{user}/eval.json"], "eval.json"),
+    ("compare a crafted wide record", ["compare", "{w}/huge", "--no-timing"], "model.safetensors"),
+    ("compare with a factory option no net takes", ["compare", "vgg-a", "--option", "depth=50", "--no-timing"],
+     "depth"),
 ]
 
 
