@@ -19,7 +19,9 @@ from .contract.model import (FeatureTaps, FinetuneScopes, FullyConvolutional, Mo
 from .contract.options import OptionSpec
 from .contract.scale import TrainScale, parse_test_scales
 from .contract.task import AuxiliaryOutputs, BoxTargets, EvalRequest, Head, task_loss
+from .data.batched import BatchGeometry
 from .data.bundled import resolve_data
+from .data.draws import normals, normals_batch, uniforms
 from .data.decode import LazyImage, add_offset, crop, hflip, image_channels, image_size, read_image, resize
 from .data.errors import DataError, check_policy
 from .data.loader import make_loader, normalize_on_device, read_split
@@ -59,7 +61,7 @@ __all__ = [
     "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "center_view", "center_view_boxes", "boxes_from_center_view", "test_scales_for",
     # data
     "Manifest", "resolve_data", "read_split", "make_loader", "normalize_on_device",
-    "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size", "image_channels", "read_image",
+    "BatchGeometry", "uniforms", "normals", "normals_batch", "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size", "image_channels", "read_image",
     # evaluation
     "get_evaluator", "run_evaluation", "evaluate_on_shards", "ensemble_posteriors", "EvalResult",
     "check_fits_data", "check_same_classes", "normalising_mean", "print_results", "write_json", "topk_errors", "topk_misses",

@@ -38,7 +38,12 @@ def vggtk_register_augmentations(register: Callable[..., None]) -> None:
     Call ``register(name, factory, *, aliases=(), description="", geometric=False)``. ``factory(**options)``
     returns a callable ``transform(sample: dict, generator: torch.Generator) -> dict`` acting on one
     decoded sample (keys ``image``, a uint8 (C, H, W) tensor, ``label``, ``key`` and optionally
-    ``boxes``); all randomness must come from ``generator``.
+    ``boxes``); all randomness must come from ``generator`` (the sample's own, seeded from (seed, epoch,
+    key)). A transform may draw its numbers as ``vgg_toolkit.uniforms(generator.initial_seed(),
+    self.draw_stream, n)``: a pipeline gives each op with a ``draw_stream`` attribute a stream of its
+    own, and an op that also has ``batch(geometry: vgg_toolkit.BatchGeometry)`` (drawing the same numbers
+    through ``geometry.uniforms``, recording its geometry for a whole batch; False declines) lets an
+    in-memory training batch be augmented at once.
     """
 
 

@@ -3,16 +3,19 @@
 ``sample["image"]`` is a uint8 (C, H, W) tensor, or a ``LazyImage`` not yet decoded: the geometric ops
 (``lazy_ok = True``) only record their geometry on it, so that the pipeline decodes and resamples
 once. Boxes (``sample["boxes"]``, float32 N x 4, x1 y1 x2 y2 in pixels) move with every geometric op.
-All randomness comes from the generator handed in; each op draws the same numbers whatever the
-image type, so the fused and the plain paths pick the same crops and flips.
+
+All randomness comes from the generator handed in, through its seed: each random op draws
+``vt.uniforms(generator.initial_seed(), self.draw_stream, n)`` (the pipeline gives each op its own
+stream), so the numbers are the same whatever the image type, and ``batch(geometry)`` draws the same
+ones for a whole in-memory batch at once (``vt.BatchGeometry``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from vgg_toolkit import (DataError, LazyImage, TrainScale, add_offset, box_area, crop, hflip, image_channels,
-                         image_size, main_box, resize)
+from vgg_toolkit import (BatchGeometry, DataError, LazyImage, TrainScale, add_offset, box_area, crop, hflip,
+                         image_channels, image_size, main_box, normals, normals_batch, resize, uniforms)
 
 
 def _where(sample: dict) -> tuple[str | None, str | None]:
@@ -36,6 +39,7 @@ class Rescale:
     give ``size`` (a fixed S, or Q for testing), or ``smin`` and ``smax``."""
 
     lazy_ok = True
+    draw_stream = "rescale"
 
     def __init__(self, scale=None, size: int | None = None, smin: int | None = None, smax: int | None = None):
         given = [v for v in (scale, size, (smin, smax) if smin is not None or smax is not None else None)
@@ -45,10 +49,10 @@ class Rescale:
         self.scale = TrainScale.parse(given[0])
 
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
-        if not self.scale.jittered:
-            s = self.scale.smin
-        else:
-            s = int(torch.randint(self.scale.smin, self.scale.smax + 1, (1,), generator=generator))
+        s = self.scale.smin
+        if self.scale.jittered:
+            u = uniforms(generator.initial_seed(), self.draw_stream, 1)[0]
+            s += int(u * (self.scale.smax - self.scale.smin + 1))
         w, h = image_size(sample["image"])
         if w <= h:
             nw, nh = s, max(1, round(h * s / w))
@@ -59,6 +63,17 @@ class Rescale:
             scale = torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=sample["boxes"].dtype)
             sample["boxes"] = sample["boxes"] * scale
         return sample
+
+    def batch(self, geometry: BatchGeometry) -> None:
+        s = torch.full_like(geometry.width, self.scale.smin)
+        if self.scale.jittered:
+            u = geometry.uniforms(self.draw_stream, 1)[:, 0]
+            s += (u * (self.scale.smax - self.scale.smin + 1)).floor().to(torch.int64)
+        w, h = geometry.width.to(torch.float64), geometry.height.to(torch.float64)
+        long_h = (h * s / w).round().clamp(min=1).to(torch.int64)  # round() halves to even, as Python's does
+        long_w = (w * s / h).round().clamp(min=1).to(torch.int64)
+        portrait = geometry.width <= geometry.height
+        geometry.resize(torch.where(portrait, s, long_w), torch.where(portrait, long_h, s))
 
 
 def _crop_boxes(sample: dict, x: int, y: int, w: int, h: int) -> None:
@@ -111,15 +126,19 @@ class RandomCrop(_Crop):
             raise ValueError(f"random_crop: min_visible must lie in [0, 1] and tries be >= 1, got {min_visible}, {tries}")
         self.min_visible, self.tries = min_visible, tries
 
+    draw_stream = "random_crop"
+
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
         w, h = self._check(sample)
         target = None
         if "boxes" in sample and len(sample["boxes"]):
             target = main_box(sample["boxes"], sample["box_labels"], sample["label"])
+        tries = self.tries if target is not None else 1
+        u = uniforms(generator.initial_seed(), self.draw_stream, 2 * tries)
         best = None
-        for _ in range(self.tries if target is not None else 1):
-            x = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
-            y = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
+        for t in range(tries):
+            x = int(u[2 * t] * (w - self.size + 1))
+            y = int(u[2 * t + 1] * (h - self.size + 1))
             kept = 1.0 if target is None else _kept(target, x, y, self.size)
             if best is None or kept > best[2]:
                 best = (x, y, kept)
@@ -129,6 +148,15 @@ class RandomCrop(_Crop):
         sample["image"] = crop(sample["image"], x, y, self.size, self.size)
         _crop_boxes(sample, x, y, self.size, self.size)
         return sample
+
+    def batch(self, geometry: BatchGeometry) -> bool:
+        if bool((geometry.width < self.size).any() | (geometry.height < self.size).any()):
+            return False  # the per-sample path names the image that is too small
+        u = geometry.uniforms(self.draw_stream, 2)
+        x = (u[:, 0] * (geometry.width - self.size + 1)).floor().to(torch.int64)
+        y = (u[:, 1] * (geometry.height - self.size + 1)).floor().to(torch.int64)
+        geometry.crop(x, y, self.size, self.size)
+        return True
 
 
 class CenterCrop(_Crop):
@@ -146,6 +174,7 @@ class RandomFlip:
     """Horizontal flip with probability ``p``."""
 
     lazy_ok = True
+    draw_stream = "random_flip"
 
     def __init__(self, p: float = 0.5):
         if not 0.0 <= p <= 1.0:
@@ -153,7 +182,7 @@ class RandomFlip:
         self.p = p
 
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
-        if float(torch.rand((), generator=generator)) < self.p:
+        if uniforms(generator.initial_seed(), self.draw_stream, 1)[0] < self.p:
             w, _ = image_size(sample["image"])
             sample["image"] = hflip(sample["image"])
             if "boxes" in sample:
@@ -161,6 +190,9 @@ class RandomFlip:
                 b[:, 0], b[:, 2] = w - sample["boxes"][:, 2], w - sample["boxes"][:, 0]
                 sample["boxes"] = b
         return sample
+
+    def batch(self, geometry: BatchGeometry) -> None:
+        geometry.hflip(geometry.uniforms(self.draw_stream, 1)[:, 0] < self.p)
 
 
 class ColorShift:
@@ -172,6 +204,7 @@ class ColorShift:
     On an undecoded image the shift is applied after decoding and resampling, as a lookup table."""
 
     lazy_ok = True
+    draw_stream = "color_shift"
 
     def __init__(self, eigval, eigvec, alphastd: float = 0.1):
         eigval = torch.as_tensor(eigval, dtype=torch.float64).reshape(3)
@@ -181,16 +214,25 @@ class ColorShift:
         rgb = (eigvec * (eigval * float(alphastd) * 255.0)).tolist()
         self._rows = {3: rgb, 1: [[sum(row[k] for row in rgb) / 3 for k in range(3)]]}  # grey: the channels' mean
 
+    def _shift(self, u: list[float], channels: int) -> list[float]:
+        alpha = normals(u, 3)
+        return [row[0] * alpha[0] + row[1] * alpha[1] + row[2] * alpha[2] for row in self._rows[channels]]
+
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
-        alpha = torch.randn(3, generator=generator, dtype=torch.float64).tolist()
         img = sample["image"]
-        shift = [row[0] * alpha[0] + row[1] * alpha[1] + row[2] * alpha[2]
-                 for row in self._rows[image_channels(img)]]
+        shift = self._shift(uniforms(generator.initial_seed(), self.draw_stream, 4), image_channels(img))
         if not isinstance(img, torch.Tensor) or img.dtype == torch.uint8:  # pending geometry, or uint8
             sample["image"] = add_offset(img, [round(v) for v in shift])
         else:
             sample["image"] = img + torch.tensor(shift, dtype=img.dtype).view(-1, 1, 1)
         return sample
+
+    def batch(self, geometry: BatchGeometry) -> None:
+        # The shift a sample alone gets, up to the last bit of the normals: rounded to whole levels, the
+        # two differ only if a shift lies within that bit of a half level.
+        alpha = normals_batch(geometry.uniforms(self.draw_stream, 4), 3)
+        rows = torch.tensor(self._rows[geometry.channels], dtype=torch.float64)
+        geometry.add((alpha @ rows.T).round().to(torch.int64))
 
 
 class SubtractMean:

@@ -50,6 +50,9 @@ class Pipeline:
         resolved = [_resolve(s) for s in steps]
         self.names = [n for n, _ in resolved]
         self.steps = [op for _, op in resolved]
+        for i, (name, op) in enumerate(resolved):
+            if hasattr(op, "draw_stream"):  # an op's numbers are its own, even beside another of its kind
+                op.draw_stream = f"{i}:{name}"
 
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
         for op in self.steps:

@@ -18,7 +18,7 @@ from ..data.batched import augment_batch
 from ..data.errors import SkipLog, check_labels
 from ..data.loader import Batch, make_loader, normalize_on_device, read_split
 from ..data.shards.manifest import Manifest
-from ..data.shards.reader import sample_generator
+from ..data.shards.reader import sample_generator, sample_seed
 from ..runtime.distributed import DistEnv
 from ..runtime.seeding import derived_seed
 
@@ -76,7 +76,7 @@ class InMemorySource:
         steps = getattr(self.train_transform, "steps", None)  # a Pipeline's ops: the batch is resampled at once
         if steps is not None:
             batch = augment_batch(images, labels.tolist(), keys, steps,
-                                  [sample_generator(self.seed, epoch, key) for key in keys])
+                                  [sample_seed(self.seed, epoch, key) for key in keys])
             if batch is not None:
                 return batch
         out = []

@@ -33,6 +33,7 @@ from ..models.trained import initialise_from
 from ..runtime.devices import mixed_precision, pick_device
 from ..runtime.distributed import DistEnv, all_reduce_sum, broadcast_object, init_distributed, shutdown
 from ..runtime.files import WRITTEN_BY, write_text
+from ..runtime.memory import keep_freed_memory
 from ..runtime.seeding import derived_seed
 from .batches import BatchSource
 from .checkpoint import (claim_run_dir, clean_run_dir, latest_checkpoint, load_checkpoint, load_optimizer,
@@ -136,6 +137,8 @@ class _Run:
         # NHWC is faster for these convs on CUDA (cuDNN, the Triton kernels) and on CPU too (oneDNN:
         # 1.24x a training step of the half-width VGG-A at batch 128, 2-core EPYC).
         self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         if self.config.finetune != "all":  # the rest of the net is frozen
             trained = {id(p) for p in self.model.finetune_parameters(self.config.finetune)}
             for p in self.model.parameters():

@@ -33,10 +33,15 @@ from .manifest import Manifest, ShardInfo, sha256_file
 from .records import IMAGE_EXTS, box_problem
 
 
+def sample_seed(seed: int, epoch: int, key: str) -> int:
+    """The augmentation seed of one sample in one epoch: the same on any rank, worker or resume."""
+    return derive_seed("augment", seed, epoch, key)
+
+
 def sample_generator(seed: int, epoch: int, key: str) -> torch.Generator:
-    """The augmentation randomness of one sample in one epoch: the same on any rank, worker or resume."""
+    """A generator seeded with ``sample_seed``: what every augmentation of the sample draws from."""
     g = torch.Generator()
-    g.manual_seed(derive_seed("augment", seed, epoch, key))
+    g.manual_seed(sample_seed(seed, epoch, key))
     return g
 
 
