@@ -313,3 +313,17 @@ def test_in_memory_training_uses_the_batched_path_for_the_bundled_data(host, mon
     env = DistEnv()
     out = next(iter(source.train_batches(0, 0, env, 64, 64)))
     assert out.images.shape == (64, 1, 32, 32)
+
+
+def test_micro_batches_augmented_together_are_those_augmented_one_by_one(host, monkeypatch):
+    from vgg_toolkit.runtime.distributed import DistEnv
+    from vgg_toolkit.train import batches
+
+    manifest, batch = _fashion_batch()
+    source = batches.InMemorySource((batch.images, batch.labels), (batch.images[:8], batch.labels[:8]), 10, [0.0],
+                                    train_pipeline(manifest), seed=0, keys=list(batch.keys))
+    together = list(source.train_batches(2, 1, DistEnv(), 64, 32))  # from the second batch, as a resume does
+    monkeypatch.setattr(batches, "AUGMENT_CHUNK", 1)  # one micro-batch per call
+    alone = list(source.train_batches(2, 1, DistEnv(), 64, 32))
+    assert len(together) == len(alone) == 6
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) for a, b in zip(together, alone))
