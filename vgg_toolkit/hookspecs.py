@@ -43,7 +43,9 @@ def vggtk_register_augmentations(register: Callable[..., None]) -> None:
     self.draw_stream, n)``: a pipeline gives each op with a ``draw_stream`` attribute a stream of its
     own, and an op that also has ``batch(geometry: vgg_toolkit.BatchGeometry)`` (drawing the same numbers
     through ``geometry.uniforms``, recording its geometry for a whole batch; False declines) lets an
-    in-memory training batch be augmented at once.
+    in-memory training batch be augmented at once. Ops at the end of a pipeline that only mirror or
+    shift colours may say ``device_ok = True``: streamed training then runs them on the training
+    device, a batch at once, after the workers' decode.
     """
 
 

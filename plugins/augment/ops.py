@@ -174,6 +174,7 @@ class RandomFlip:
     """Horizontal flip with probability ``p``."""
 
     lazy_ok = True
+    device_ok = True  # a streamed batch may flip on the training device, after the decode
     draw_stream = "random_flip"
 
     def __init__(self, p: float = 0.5):
@@ -204,6 +205,7 @@ class ColorShift:
     On an undecoded image the shift is applied after decoding and resampling, as a lookup table."""
 
     lazy_ok = True
+    device_ok = True
     draw_stream = "color_shift"
 
     def __init__(self, eigval, eigvec, alphastd: float = 0.1):

@@ -67,6 +67,18 @@ class BatchGeometry:
         self.offset = offset if self.offset is None else self.offset + offset
 
 
+def flip_and_shift(images: torch.Tensor, geometry: BatchGeometry) -> torch.Tensor:
+    """A uint8 (B, C, H, W) batch, on any device, mirrored and shifted as ``geometry`` records (ops that
+    only flip or shift: the region must be the whole image). What the per-sample path does after its
+    resample, so the pixels are the same."""
+    flipped = geometry.flipped.to(images.device)[:, None, None, None]
+    images = torch.where(flipped, images.flip(-1), images)
+    if geometry.offset is None:
+        return images
+    offset = geometry.offset.to(images.device, torch.int16)[:, :, None, None]
+    return (images.to(torch.int16) + offset).clamp_(0, 255).to(torch.uint8)
+
+
 def augment_batch(images: torch.Tensor, labels: Sequence[int], keys: Sequence[str], steps: Sequence[Transform],
                   seeds: Sequence[int]) -> torch.Tensor | None:
     """``images`` uint8 (B, C, H, W) through ``steps`` (a pipeline's ops), sample i with the generator of

@@ -54,6 +54,12 @@ class Pipeline:
             if hasattr(op, "draw_stream"):  # an op's numbers are its own, even beside another of its kind
                 op.draw_stream = f"{i}:{name}"
 
+    def split_at(self, n: int) -> tuple["Pipeline", list]:
+        """The first ``n`` ops as a pipeline, and the rest; every op keeps its stream of draws."""
+        head = Pipeline()
+        head.names, head.steps = self.names[:n], self.steps[:n]
+        return head, self.steps[n:]
+
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
         for op in self.steps:
             if not getattr(op, "lazy_ok", False):

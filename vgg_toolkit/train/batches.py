@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 
-from ..data.batched import augment_batch
+from ..data.batched import BatchGeometry, augment_batch, flip_and_shift
 from ..data.errors import SkipLog, check_labels
 from ..data.loader import Batch, make_loader, normalize_on_device, read_split
 from ..data.shards.manifest import Manifest
@@ -45,6 +45,10 @@ class BatchSource(Protocol):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch on the device -> the network's float input."""
+
+    def finish(self, batch: Batch, images: torch.Tensor, epoch: int) -> torch.Tensor:
+        """A training batch's uint8 ``images``, moved to the device: what augmentation is left to do
+        there, then ``normalize``."""
 
 
 AUGMENT_CHUNK = 1 << 20  # source pixels augmented in one call
@@ -129,6 +133,9 @@ class InMemorySource:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize_on_device(images, self.mean)
 
+    def finish(self, batch: Batch, images: torch.Tensor, epoch: int) -> torch.Tensor:
+        return self.normalize(images)  # augmented whole, in memory
+
     @classmethod
     def from_shards(cls, manifest: Manifest, train_transform: Transform, seed: int, workers: int,
                     on_error: str) -> "InMemorySource":
@@ -156,7 +163,15 @@ class ShardSource:
                  with_boxes: bool = False):
         self.manifest, self.seed, self.workers, self.on_error = manifest, seed, workers, on_error
         self.with_boxes = with_boxes
-        self.train_transform = train_transform
+        # The pipeline's last ops that only flip and shift colours run on the training device, a batch
+        # at once; the workers decode, rescale and crop. Boxes would have to flip too: then all stays.
+        self.train_transform, self.device_ops = train_transform, []
+        steps = getattr(train_transform, "steps", None)
+        if steps is not None and not with_boxes:
+            n = len(steps)
+            while n and getattr(steps[n - 1], "device_ok", False) and callable(getattr(steps[n - 1], "batch", None)):
+                n -= 1
+            self.train_transform, self.device_ops = train_transform.split_at(n)
         self.mean = manifest.stats.mean_rgb_255
         self._skipped = SkipLog()
 
@@ -194,6 +209,15 @@ class ShardSource:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize_on_device(images, self.mean)
+
+    def finish(self, batch: Batch, images: torch.Tensor, epoch: int) -> torch.Tensor:
+        if self.device_ops:
+            n, c, h, w = images.shape
+            geometry = BatchGeometry(n, c, w, h, [sample_seed(self.seed, epoch, key) for key in batch.keys])
+            for op in self.device_ops:
+                op.batch(geometry)
+            images = flip_and_shift(images, geometry)
+        return self.normalize(images)
 
 
 IN_MEMORY_LIMIT = 2 << 30  # decoded bytes of the training split below which it is decoded once, up front
