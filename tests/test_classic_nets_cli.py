@@ -62,12 +62,14 @@ def test_each_net_trains_evaluates_and_extracts_features(installed, net, shards,
 
 def test_googlenet_learns_the_easy_classes_with_its_auxiliary_classifiers(installed, shards, tmp_path):
     """Trained through its side heads (the task contract's auxiliary loss) for a few epochs, it is well above
-    chance on three Fashion-MNIST classes (chance: 67% error)."""
+    chance on three Fashion-MNIST classes (chance: 67% error). Without BatchNorm its 22 layers need the
+    lower rate on 144 images: at 0.02 some seeds stay near chance for 8 epochs, at 0.01 seeds 0 and 1
+    reach 8% and 10%."""
     run = tmp_path / "run"
-    result = vggtk("train", "--arch", "googlenet", "--data", shards, "--run-dir", run, "--epochs", 6,
-                   "--batch-size", 16, "--lr", 0.02)
+    result = vggtk("train", "--arch", "googlenet", "--data", shards, "--run-dir", run, "--epochs", 8,
+                   "--batch-size", 16, "--lr", 0.01)
     assert result.exit_code == 0, result.output
-    assert min(e["val_top1_err"] for e in epochs_of(run)) < 40
+    assert min(e["val_top1_err"] for e in epochs_of(run)) < 30
 
 
 def test_compare_sees_the_plugins_nets(installed, tmp_path):
