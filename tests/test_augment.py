@@ -105,7 +105,7 @@ def test_boxes_stay_on_the_content_through_rescale_crop_and_flip(host, lazy):
     box = [60.0, 40.0, 200.0, 150.0]
     pipe = Pipeline([("rescale", {"smin": 200, "smax": 300}), ("random_crop", {"size": 160}), "random_flip"])
     errors = []
-    for seed in range(12):
+    for seed in range(40):
         sample = {"image": LazyImage(buf.getvalue()), "label": 0, "boxes": torch.tensor([box]),
                   "box_labels": torch.tensor([0])}
         if not lazy:
@@ -120,9 +120,10 @@ def test_boxes_stay_on_the_content_through_rescale_crop_and_flip(host, lazy):
             if 0 < want < 160:  # edges outside the crop are clipped to it
                 errors.append(abs(float(have) - want))
     # The ramp measures an edge from rounded pixel values: on an exact integer crop it reads up to a
-    # quarter pixel off now and then, so most edges, not all, must sit within 0.15 px.
+    # quarter pixel off now and then, so most edges, not all, must sit within 0.15 px. (A lazy box clamped
+    # to the crop before the decode moved it read 0.46 px off: boxes are now clamped after.)
     errors = np.array(errors)
-    assert len(errors) >= 20 and errors.max() < 0.5 and (errors < 0.15).mean() >= 0.85, np.sort(errors)[-5:]
+    assert len(errors) >= 20 and errors.max() < 0.3 and (errors < 0.15).mean() >= 0.85, np.sort(errors)[-5:]
 
 
 def test_flip_and_crop_move_boxes_exactly(host):

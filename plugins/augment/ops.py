@@ -80,10 +80,14 @@ def _crop_boxes(sample: dict, x: int, y: int, w: int, h: int) -> None:
     if "boxes" not in sample:
         return
     b = sample["boxes"] - torch.tensor([x, y, x, y], dtype=sample["boxes"].dtype)
-    b[:, 0::2] = b[:, 0::2].clamp(0, w)
-    b[:, 1::2] = b[:, 1::2].clamp(0, h)
-    # A box left with no area lay outside the crop: it is dropped with its label.
-    _set_boxes(sample, b, (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]))
+    inside = b.clone()
+    inside[:, 0::2] = inside[:, 0::2].clamp(0, w)
+    inside[:, 1::2] = inside[:, 1::2].clamp(0, h)
+    # A box left with no area lay outside the crop: it is dropped with its label. On an image not yet
+    # decoded the rest stay unclamped: the decode's whole-pixel region may show a sliver beyond the
+    # crop asked for, and the boxes are moved onto the content (and clamped) only then.
+    keep = (inside[:, 2] > inside[:, 0]) & (inside[:, 3] > inside[:, 1])
+    _set_boxes(sample, b if isinstance(sample["image"], LazyImage) else inside, keep)
 
 
 def _kept(box: torch.Tensor, x: int, y: int, size: int) -> float:

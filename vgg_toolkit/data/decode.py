@@ -270,14 +270,15 @@ def add_offset(img, offset: list[int]):
 
 def materialize(sample: dict) -> dict:
     """Turn a lazy ``sample["image"]`` into its tensor, moving ``sample["boxes"]`` by the sub-pixel
-    correction the decode reports (in place; returns the sample)."""
+    correction the decode reports and clamping them to the image (in place; returns the sample)."""
     img = sample.get("image")
     if isinstance(img, LazyImage):
         sample["image"] = img.materialize()
-        if img.correction is not None and "boxes" in sample and len(sample["boxes"]):
-            ax, bx, ay, by = img.correction
+        if "boxes" in sample and len(sample["boxes"]):
+            ax, bx, ay, by = img.correction if img.correction is not None else (1.0, 0.0, 1.0, 0.0)
             h, w = sample["image"].shape[-2:]
             boxes = sample["boxes"].clone()
+            # Crops leave a lazy image's boxes unclamped (augment ops): moved first, then clamped.
             boxes[:, 0::2] = (boxes[:, 0::2] * ax + bx).clamp(0, w)
             boxes[:, 1::2] = (boxes[:, 1::2] * ay + by).clamp(0, h)
             sample["boxes"] = boxes
