@@ -11,7 +11,7 @@ from PIL import Image
 
 import vgg_toolkit as vt
 from vgg_toolkit import DataError
-from vgg_toolkit.data.decode import LazyImage, PendingTensor, decode
+from vgg_toolkit.data.decode import LazyImage, decode
 from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.pipeline import Pipeline, train_pipeline
 from vgg_toolkit.data.shards.reader import iter_raw, parse_sample
@@ -272,21 +272,33 @@ def test_an_in_memory_batch_is_augmented_at_once_with_each_samples_own_draws(hos
     geometry = vt.BatchGeometry(len(keys), 1, 28, 28, seeds)
     for op in pipe.steps:
         op.batch(geometry)
-    for i, (key, seed) in enumerate(zip(keys, seeds)):
-        one = {"image": PendingTensor(28, 28, 1), "label": 0, "key": key}
+    for i, (key, seed, image) in enumerate(zip(keys, seeds, batch.images)):
+        png = io.BytesIO()
+        Image.fromarray(image[0].numpy()).save(png, "PNG")
+        one = {"image": LazyImage(png.getvalue()), "label": 0, "key": key}  # geometry recorded, not applied
         for op in pipe.steps:
             one = op(one, torch.Generator().manual_seed(seed))
         assert geometry.box[i].tolist() == list(one["image"].box) and bool(geometry.flipped[i]) == one["image"].flipped
         assert geometry.offset[i].tolist() == one["image"].offset and one["image"].size == (32, 32)
     assert 0.3 < geometry.flipped.float().mean() < 0.7 and len({tuple(b) for b in geometry.box.tolist()}) > 100
-    fast = augment_batch(batch.images, batch.labels.tolist(), keys, pipe.steps, seeds)
+    fast = augment_batch(batch.images, pipe.steps, seeds)
     slow = torch.stack([pipe({"image": im, "label": int(lab), "key": k}, sample_generator(0, 3, k))["image"]
                         for im, lab, k in zip(batch.images, batch.labels, keys)])
     assert fast.dtype == torch.uint8 and fast.shape == slow.shape == (256, 1, 32, 32)
     diff = (fast.int() - slow.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.2
-    again = augment_batch(batch.images, batch.labels.tolist(), keys, pipe.steps, seeds)
+    again = augment_batch(batch.images, pipe.steps, seeds)
     assert torch.equal(fast, again)
+
+
+def test_a_centre_crop_is_batched_too(host):
+    from vgg_toolkit.data.batched import augment_batch
+
+    _, batch = _fashion_batch(16)
+    pipe = Pipeline([("rescale", {"size": 36}), ("center_crop", {"size": 32})])
+    fast = augment_batch(batch.images, pipe.steps, [0] * 16)
+    slow = torch.stack([pipe({"image": im, "label": 0}, gen(0))["image"] for im in batch.images])
+    assert fast.shape == slow.shape == (16, 1, 32, 32) and (fast.int() - slow.int()).abs().max() <= 1
 
 
 def test_the_batched_path_declines_a_downscale_and_pixel_ops(host):
@@ -294,12 +306,12 @@ def test_the_batched_path_declines_a_downscale_and_pixel_ops(host):
     from vgg_toolkit.data.shards.reader import sample_seed
 
     manifest, batch = _fashion_batch(8)
-    keys, labels = list(batch.keys), batch.labels.tolist()
+    keys = list(batch.keys)
     gens = lambda: [sample_seed(0, 0, k) for k in keys]  # noqa: E731
     shrink = Pipeline([("rescale", {"size": 20}), ("random_crop", {"size": 16})])  # 28 -> 20: a downscale
-    assert augment_batch(batch.images, labels, keys, shrink.steps, gens()) is None
+    assert augment_batch(batch.images, shrink.steps, gens()) is None
     pixels = Pipeline([("rescale", {"size": 32}), ("channels", {"channels": 3})])  # needs the pixels
-    assert augment_batch(batch.images, labels, keys, pixels.steps, gens()) is None
+    assert augment_batch(batch.images, pixels.steps, gens()) is None
 
 
 def test_in_memory_training_uses_the_batched_path_for_the_bundled_data(host, monkeypatch):

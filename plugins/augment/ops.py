@@ -114,6 +114,10 @@ class _Crop:
                             f"(rescale first, with S >= {self.size})", shard, member, kind="image smaller than crop")
         return w, h
 
+    def _fits(self, geometry: BatchGeometry) -> bool:
+        """Every image of the batch holds the crop (else the per-sample path names the one that does not)."""
+        return not bool((geometry.width < self.size).any() | (geometry.height < self.size).any())
+
 
 class RandomCrop(_Crop):
     """One random ``size`` x ``size`` crop (224 in the paper; 32 for 28x28 Fashion-MNIST rescaled up).
@@ -154,8 +158,8 @@ class RandomCrop(_Crop):
         return sample
 
     def batch(self, geometry: BatchGeometry) -> bool:
-        if bool((geometry.width < self.size).any() | (geometry.height < self.size).any()):
-            return False  # the per-sample path names the image that is too small
+        if not self._fits(geometry):
+            return False
         u = geometry.uniforms(self.draw_stream, 2)
         x = (u[:, 0] * (geometry.width - self.size + 1)).floor().to(torch.int64)
         y = (u[:, 1] * (geometry.height - self.size + 1)).floor().to(torch.int64)
@@ -172,6 +176,12 @@ class CenterCrop(_Crop):
         sample["image"] = crop(sample["image"], x, y, self.size, self.size)
         _crop_boxes(sample, x, y, self.size, self.size)
         return sample
+
+    def batch(self, geometry: BatchGeometry) -> bool:
+        if not self._fits(geometry):
+            return False
+        geometry.crop((geometry.width - self.size) // 2, (geometry.height - self.size) // 2, self.size, self.size)
+        return True
 
 
 class RandomFlip:
@@ -286,3 +296,6 @@ class Identity:
 
     def __call__(self, sample: dict, generator: torch.Generator) -> dict:
         return sample
+
+    def batch(self, geometry: BatchGeometry) -> None:
+        """Nothing to record: the batch stays whole."""

@@ -2,9 +2,8 @@
 
 Where every op of the pipeline offers ``batch(geometry)``, the ops draw each sample's numbers from its
 own seed (``draws.uniforms_batch``: the very numbers the op draws for that sample alone) and record
-rescale, crop, flip and colour shift for the whole batch as tensors on a ``BatchGeometry``. Otherwise,
-where every op is ``lazy_ok``, each sample's pipeline runs on a ``PendingTensor`` that records the same.
-Two batched matrix products then resample the batch.
+rescale, crop, flip and colour shift for the whole batch as tensors on a ``BatchGeometry``. Two batched
+matrix products then resample the batch.
 
 The pixels agree with the per-sample path up to rounding (the per-sample path rounds to uint8 after the
 rescale; here the crop is sampled straight from the source and rounded once), and it is done only where
@@ -20,7 +19,6 @@ from typing import Callable, Sequence
 
 import torch
 
-from .decode import PendingTensor
 from .draws import seed_bases, uniforms_batch
 
 Transform = Callable[[dict, torch.Generator], dict]
@@ -79,34 +77,16 @@ def flip_and_shift(images: torch.Tensor, geometry: BatchGeometry) -> torch.Tenso
     return (images.to(torch.int16) + offset).clamp_(0, 255).to(torch.uint8)
 
 
-def augment_batch(images: torch.Tensor, labels: Sequence[int], keys: Sequence[str], steps: Sequence[Transform],
-                  seeds: Sequence[int]) -> torch.Tensor | None:
+def augment_batch(images: torch.Tensor, steps: Sequence[Transform], seeds: Sequence[int]) -> torch.Tensor | None:
     """``images`` uint8 (B, C, H, W) through ``steps`` (a pipeline's ops), sample i with the generator of
     ``seeds[i]``; uint8 (B, C, h, w), or None when the batch cannot be done at once (module docstring)."""
+    if not all(callable(getattr(op, "batch", None)) for op in steps):
+        return None
     n, c, height, width = images.shape
-    if all(callable(getattr(op, "batch", None)) for op in steps):
-        geometry = BatchGeometry(n, c, width, height, seeds)
-        if all(op.batch(geometry) is not False for op in steps):
-            return _resample(images, geometry.box, geometry.width, geometry.height, geometry.flipped,
-                             geometry.offset)
+    geometry = BatchGeometry(n, c, width, height, seeds)
+    if not all(op.batch(geometry) is not False for op in steps):
         return None
-    if not all(getattr(op, "lazy_ok", False) for op in steps):
-        return None
-    pending = []
-    for label, key, seed in zip(labels, keys, seeds):
-        sample = {"image": PendingTensor(width, height, c), "label": label, "key": key}
-        generator = torch.Generator().manual_seed(seed)
-        for op in steps:
-            sample = op(sample, generator)
-        if set(sample) != {"image", "label", "key"} or not isinstance(sample["image"], PendingTensor):
-            return None  # an op added something a batch cannot carry
-        pending.append(sample["image"])
-    sizes = torch.tensor([p.size for p in pending], dtype=torch.int64)
-    offsets = None
-    if any(p.offset is not None for p in pending):
-        offsets = torch.tensor([p.offset if p.offset is not None else [0] * c for p in pending], dtype=torch.int64)
-    return _resample(images, torch.tensor([p.box for p in pending], dtype=torch.float64), sizes[:, 0], sizes[:, 1],
-                     torch.tensor([p.flipped for p in pending]), offsets)
+    return _resample(images, geometry.box, geometry.width, geometry.height, geometry.flipped, geometry.offset)
 
 
 def _weights(start: torch.Tensor, end: torch.Tensor, out: int, size: int,

@@ -97,17 +97,6 @@ class Geometry:
         return self
 
 
-class PendingTensor(Geometry):
-    """The geometry asked of an image already decoded (held elsewhere, e.g. in a batch): the augmentations
-    record on it, and ``batched.augment_batch`` applies the records of a whole batch at once."""
-
-    __slots__ = ("num_channels",)
-
-    def __init__(self, width: int, height: int, channels: int):
-        self._start(width, height)
-        self.num_channels = channels
-
-
 class LazyImage(Geometry):
     """Encoded image plus pending geometry. ``size`` is the (width, height) it will have once decoded."""
 

@@ -82,8 +82,7 @@ class InMemorySource:
         keys = [self.keys[i] for i in index.tolist()]
         steps = getattr(self.train_transform, "steps", None)  # a Pipeline's ops: the batch is resampled at once
         if steps is not None:
-            batch = augment_batch(images, labels.tolist(), keys, steps,
-                                  [sample_seed(self.seed, epoch, key) for key in keys])
+            batch = augment_batch(images, steps, [sample_seed(self.seed, epoch, key) for key in keys])
             if batch is not None:
                 return batch
         out = []
