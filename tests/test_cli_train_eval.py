@@ -177,10 +177,13 @@ def test_training_counts_and_names_skipped_samples(source, shards, tmp_path, mon
 def test_the_default_recipe_trains_on_the_bundled_photos(tmp_path):
     """On 224-pixel crops of real photos, the default init and learning rate give a finite, falling loss
     (the paper's init read as a standard deviation of 0.1 stopped this run with a non-finite loss at
-    step 4). A narrow net, so that it runs in seconds."""
+    step 4). A narrow net, so that it runs in seconds. Asked to decode on the device, where there is no
+    GPU decoder, it says so and the workers decode."""
     result = vggtk("train", "--data", SHARDS / "localisation", "--run-dir", tmp_path, "--width", 0.25, "--fc-dim", 256,
-                   "--batch-size", 32, "--epochs", 1, "--log-every", 1)
+                   "--batch-size", 32, "--epochs", 1, "--log-every", 1, "--decode", "device")
     assert result.exit_code == 0, result.output
+    assert "--decode device: JPEG decoding on the device needs a CUDA device, and training runs on cpu; the " \
+           "workers decode instead" in result.output
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["event"] == "step"]  # running mean over the epoch's steps
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)

@@ -149,9 +149,7 @@ class LazyImage(Geometry):
         self._pil = None  # a PIL image decodes once
         reduce = 1
         if img.format == "JPEG":
-            # Largest power-of-two reduction that keeps at least one decoded pixel per output pixel.
-            step = min((r - l) / w, (b - t) / h)
-            want = 1 << max(0, min(3, int(math.floor(math.log2(step))) if step >= 2 else 0))
+            want = dct_reduction(self.box, self.size)
             if want > 1:
                 sw, sh = self.src_size
                 img.draft(mode if mode in ("L", "RGB") else None, (max(1, sw // want), max(1, sh // want)))
@@ -179,6 +177,14 @@ class LazyImage(Geometry):
                 ax, bx, ay, by = self.correction
                 self.correction = (ax, w * (1 - ax) - bx, ay, by)
         return out if self.offset is None else _saturating_add(out, self.offset)
+
+
+def dct_reduction(box, size) -> int:
+    """How much a JPEG decode may reduce in the DCT for this geometry: the largest power of two up to 8
+    that keeps at least one decoded pixel per output pixel."""
+    l, t, r, b = box
+    step = min((r - l) / size[0], (b - t) / size[1])
+    return 1 << max(0, min(3, int(math.floor(math.log2(step))) if step >= 2 else 0))
 
 
 def _resample_region(img: Image.Image, box, w: int, h: int):

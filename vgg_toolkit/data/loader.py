@@ -32,6 +32,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import VggtkError
+from .decode import LazyImage
+from .device_decode import PendingDecode
 from .errors import DataError, SkipLog, check_policy, handle
 from .shards.manifest import Manifest
 from .pipeline import Pipeline, eval_pipeline, train_pipeline
@@ -60,6 +62,14 @@ class Batch:
     skipped: dict = field(default_factory=dict)  # counts by kind since the worker's last batch
     skip_examples: list[str] = field(default_factory=list)
     error: VggtkError | None = None  # raised by a worker: handed over as data, re-raised as itself
+    pending: PendingDecode | None = None  # images left encoded for the device (zeros in their rows)
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked images, so that the copy to the GPU can overlap compute (the DataLoader calls
+        this in its pinning thread; without it a dataclass would pass through unpinned)."""
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
 
     def __iter__(self):
         yield self.images
@@ -71,14 +81,27 @@ class Batch:
         return len(self.keys)
 
 
+def _shape(image) -> tuple[int, int, int]:
+    if isinstance(image, LazyImage):
+        return image.num_channels, image.size[1], image.size[0]
+    return tuple(image.shape)
+
+
 def _collate(samples: list[dict], with_boxes: bool) -> Batch:
-    shapes = {tuple(s["image"].shape) for s in samples}
+    shapes = {_shape(s["image"]) for s in samples}
     if len(shapes) > 1:
         raise VggtkError(f"images in one batch differ in size ({', '.join(map(str, sorted(shapes)[:3]))}): "
                          "crop to one size, or use batch_size=1 (dense testing)")
-    batch = Batch(torch.stack([s["image"] for s in samples]),
-                  torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+    encoded = [i for i, s in enumerate(samples) if isinstance(s["image"], LazyImage)]
+    if encoded:
+        blank = torch.zeros(shapes.pop(), dtype=torch.uint8)
+        images = torch.stack([blank if isinstance(s["image"], LazyImage) else s["image"] for s in samples])
+    else:
+        images = torch.stack([s["image"] for s in samples])
+    batch = Batch(images, torch.tensor([s["label"] for s in samples], dtype=torch.int64),
                   [s["key"] for s in samples], with_boxes=with_boxes)
+    if encoded:
+        batch.pending = PendingDecode.of(encoded, [samples[i]["image"] for i in encoded])
     if any("boxes" in s for s in samples):
         batch.boxes = [s.get("boxes", torch.zeros(0, 4)) for s in samples]
         batch.box_labels = [s.get("box_labels", torch.zeros(0, dtype=torch.int64)) for s in samples]
@@ -117,6 +140,7 @@ class ReadSettings:
     channels: int | None
     with_boxes: bool
     pin_memory: bool
+    defer_jpeg: bool = False
 
     @property
     def logical_workers(self) -> int:
@@ -174,7 +198,11 @@ class ShardDataset(IterableDataset):
                 break
             try:
                 sample = parse_sample(raw, self.num_classes, cfg.channels)
-                sample = self.pipeline(sample, sample_generator(cfg.seed, self.epoch, sample["key"]))
+                sample = self.pipeline(sample, sample_generator(cfg.seed, self.epoch, sample["key"]),
+                                       leave_jpeg=cfg.defer_jpeg)
+                if isinstance(sample["image"], LazyImage):  # its boxes (not asked for) miss the decode's correction
+                    for unused in ("boxes", "box_labels"):
+                        sample.pop(unused, None)
             except DataError as err:
                 handle(err, cfg.on_error, log)
                 continue
@@ -324,7 +352,8 @@ def make_loader(source, split: str = "train", batch_size: int = 128, augment="au
                 epoch: int = 0, rank: int | None = None, world_size: int | None = None, num_workers: int = 0,
                 on_error: str = "fail", start_position=0, *, shuffle: bool | None = None,
                 shuffle_buffer: int = 1000, drop_last: bool | None = None, channels: int | None = None,
-                with_boxes: bool = False, verify: str = "sha256", pin_memory: bool | None = None) -> ShardLoader:
+                with_boxes: bool = False, verify: str = "sha256", pin_memory: bool | None = None,
+                defer_jpeg: bool = False) -> ShardLoader:
     """Batches of one split for one rank.
 
     source: a shard directory / ``manifest.json`` / ``Manifest`` (``split`` picks the split), a brace
@@ -342,6 +371,9 @@ def make_loader(source, split: str = "train", batch_size: int = 128, augment="au
     channels: 1 or 3 to force greyscale or RGB; None keeps the data's (``manifest.channels``).
     verify: "sha256" checks each shard against the manifest the first time a process opens it;
         "size" checks only the size; "none" skips both.
+    defer_jpeg: JPEGs that every augmentation op can take undecoded are left encoded, for the training
+        device to decode: ``batch.pending`` holds them and ``device_decode.decode_pending`` fills their
+        rows. Not with ``with_boxes``.
     """
     check_policy(on_error)
     if verify not in ("sha256", "size", "none"):
@@ -353,6 +385,8 @@ def make_loader(source, split: str = "train", batch_size: int = 128, augment="au
         refs = [ShardRef(r.path, r.samples) for r in refs]
     elif verify == "size":
         refs = [ShardRef(r.path, r.samples, None, r.size) for r in refs]
+    if defer_jpeg and with_boxes:
+        raise VggtkError("defer_jpeg cannot be used with with_boxes: boxes follow the workers' decode")
     rank, world_size = _dist_defaults(rank, world_size)
     if not 0 <= rank < world_size:
         raise VggtkError(f"rank {rank} is outside world size {world_size}")
@@ -365,7 +399,7 @@ def make_loader(source, split: str = "train", batch_size: int = 128, augment="au
     if channels is None and manifest is not None:
         channels = manifest.channels
     settings = ReadSettings(batch_size, seed, rank, world_size, num_workers, shuffle, shuffle_buffer, drop_last,
-                            on_error, verify, channels, with_boxes, pin_memory)
+                            on_error, verify, channels, with_boxes, pin_memory, defer_jpeg)
     return ShardLoader(refs, manifest, pipeline, settings, epoch, start_position)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import VggtkError
 from ..contract.scale import TrainScale
-from .decode import materialize
+from .decode import LazyImage, materialize
 from .facts import recipe
 from .shards.manifest import Manifest
 
@@ -60,11 +60,17 @@ class Pipeline:
         head.names, head.steps = self.names[:n], self.steps[:n]
         return head, self.steps[n:]
 
-    def __call__(self, sample: dict, generator: torch.Generator) -> dict:
+    def __call__(self, sample: dict, generator: torch.Generator, *, leave_jpeg: bool = False) -> dict:
+        """``leave_jpeg``: a JPEG that every op could take undecoded is returned still encoded, a
+        ``LazyImage``, for the training device to decode (``device_decode``); its boxes, if any, have not
+        had the decode's sub-pixel correction and are not to be used."""
         for op in self.steps:
             if not getattr(op, "lazy_ok", False):
                 materialize(sample)
             sample = op(sample, generator)
+        image = sample.get("image")
+        if leave_jpeg and isinstance(image, LazyImage) and image.format == "JPEG":
+            return sample
         return materialize(sample)
 
     def __repr__(self) -> str:

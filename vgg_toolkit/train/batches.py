@@ -15,7 +15,8 @@ from typing import Callable, Iterable, Iterator, Protocol
 import torch
 
 from ..data.batched import BatchGeometry, augment_batch, flip_and_shift
-from ..data.errors import SkipLog, check_labels
+from ..data.device_decode import Decoder, decode_pending
+from ..data.errors import SkipLog, check_labels, handle
 from ..data.loader import Batch, make_loader, normalize_on_device, read_split
 from ..data.shards.manifest import Manifest
 from ..data.shards.reader import sample_generator, sample_seed
@@ -47,8 +48,9 @@ class BatchSource(Protocol):
         """uint8 batch on the device -> the network's float input."""
 
     def finish(self, batch: Batch, images: torch.Tensor, epoch: int) -> torch.Tensor:
-        """A training batch's uint8 ``images``, moved to the device: what augmentation is left to do
-        there, then ``normalize``."""
+        """A training batch's uint8 ``images``, moved to the device: what decoding and augmentation is
+        left to do there, then ``normalize``. Rows that fail to decode there are dropped under
+        ``on_error="skip"``, from ``batch.labels`` and ``batch.keys`` too: read the targets after."""
 
 
 AUGMENT_CHUNK = 1 << 20  # source pixels augmented in one call
@@ -156,12 +158,16 @@ class InMemorySource:
 class ShardSource:
     """Streams shards through :func:`make_loader` every epoch: for data that does not fit in memory.
     Ranks read disjoint ranges of samples, so DDP sees the same samples per epoch as one process but
-    grouped into different global batches (the in-memory source keeps the groups too)."""
+    grouped into different global batches (the in-memory source keeps the groups too).
+
+    With a ``decoder`` (``device_decode.jpeg_decoder``) and no boxes, the workers leave JPEGs encoded and
+    ``finish`` decodes them on the training device."""
 
     def __init__(self, manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str,
-                 with_boxes: bool = False):
+                 with_boxes: bool = False, decoder: Decoder | None = None):
         self.manifest, self.seed, self.workers, self.on_error = manifest, seed, workers, on_error
         self.with_boxes = with_boxes
+        self.decoder = None if with_boxes else decoder
         # The pipeline's last ops that only flip and shift colours run on the training device, a batch
         # at once; the workers decode, rescale and crop. Boxes would have to flip too: then all stays.
         self.train_transform, self.device_ops = train_transform, []
@@ -186,7 +192,7 @@ class ShardSource:
         return make_loader(self.manifest, "train", batch_size=micro_batch, augment=self.train_transform,
                            seed=self.seed, epoch=epoch, rank=env.rank, world_size=env.world_size,
                            num_workers=self.workers, on_error=self.on_error, start_position=start,
-                           with_boxes=self.with_boxes)
+                           with_boxes=self.with_boxes, defer_jpeg=self.decoder is not None)
 
     def num_batches(self, global_batch: int, env: DistEnv, micro_batch: int) -> int:
         accum = global_batch // (env.world_size * micro_batch)
@@ -210,6 +216,8 @@ class ShardSource:
         return normalize_on_device(images, self.mean)
 
     def finish(self, batch: Batch, images: torch.Tensor, epoch: int) -> torch.Tensor:
+        if batch.pending is not None:
+            images = self._decode(batch, images)
         if self.device_ops:
             n, c, h, w = images.shape
             geometry = BatchGeometry(n, c, w, h, [sample_seed(self.seed, epoch, key) for key in batch.keys])
@@ -219,16 +227,30 @@ class ShardSource:
         return self.normalize(images)
 
 
+    def _decode(self, batch: Batch, images: torch.Tensor) -> torch.Tensor:
+        failed = decode_pending(images, batch.pending, self.decoder)
+        if not failed:
+            return images
+        for _, err in failed:
+            handle(err, self.on_error, self._skipped)  # raises under "fail"
+        if len(failed) == len(batch):
+            raise failed[0][1]  # no image of the batch is left to train on
+        bad = {row for row, _ in failed}
+        keep = [i for i in range(len(batch)) if i not in bad]
+        batch.labels, batch.keys = batch.labels[keep], [batch.keys[i] for i in keep]
+        return images[torch.tensor(keep, device=images.device)]
+
+
 IN_MEMORY_LIMIT = 2 << 30  # decoded bytes of the training split below which it is decoded once, up front
 
 
 def source_for(manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str,
-               with_boxes: bool = False) -> BatchSource:
+               with_boxes: bool = False, decoder: Decoder | None = None) -> BatchSource:
     """In memory when every image has one size, the training split fits in IN_MEMORY_LIMIT and no boxes
-    are needed; else streamed."""
+    are needed; else streamed (JPEGs decoded on the device by ``decoder``, when given)."""
     side = manifest.uniform_side
     if not with_boxes and side is not None and manifest.samples("train") * manifest.channels * side ** 2 \
             < IN_MEMORY_LIMIT:
         return InMemorySource.from_shards(manifest, train_transform, seed, workers, on_error)
-    return ShardSource(manifest, train_transform, seed, workers, on_error, with_boxes)
+    return ShardSource(manifest, train_transform, seed, workers, on_error, with_boxes, decoder)
 

@@ -27,6 +27,7 @@ from ..host.manager import get_host
 from ..models.factory import check_options
 
 ON_ERROR = ("fail", "skip")
+DECODE = ("workers", "device")
 
 
 def _positive(v):
@@ -86,6 +87,10 @@ class TrainConfig:
                                   "rest frozen; where the architecture offers it).")
     workers: int = option(0, "Decoding worker processes while loading the shards.", _at_least(0), True)
     on_error: str = option("fail", "Corrupt samples: fail | skip (skipped ones are counted).", None, True, ON_ERROR)
+    decode: str = option("workers", "Where streamed JPEGs are decoded: workers | device (the training GPU, "
+                                    "with torchvision's nvJPEG; the workers, with a notice, where it is not "
+                                    "available). Data held in memory is decoded once either way.", None, True,
+                         DECODE)
     runtime: Mapping[str, Any] = option(None, "Runtime options declared by plugins (e.g. conv_backend).", None, True)
 
     def __post_init__(self):

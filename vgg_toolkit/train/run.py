@@ -10,11 +10,13 @@ from rich.console import Console
 from ..contract.task import BoxTargets, EvalRequest
 from ..host.manager import get_host
 from ..data.bundled import resolve_data
+from ..data.device_decode import Decoder, jpeg_decoder
 from ..data.facts import data_facts
 from ..data.pipeline import train_pipeline
 from ..data.shards.manifest import Manifest
 from ..evaluation.on_shards import evaluate_on_shards
 from ..models.trained import load_trained
+from ..runtime.console import plain
 from ..runtime.devices import pick_device
 from .batches import source_for
 from .checkpoint import check_run_dir
@@ -33,9 +35,9 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     manifest = Manifest.load(resolve_data(config.data))
     plan = plan_run(config, data_facts(manifest))
     train_pipe = train_pipeline(manifest, crop=plan.input_size, scale=plan.scale)
-    source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error,
-                        with_boxes=isinstance(plan.head(), BoxTargets))
     reporter = TrainReporter(run_dir, console or Console(soft_wrap=True))
+    source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error,
+                        with_boxes=isinstance(plan.head(), BoxTargets), decoder=_decoder(config, reporter))
     result = train(plan, source, run_dir, resume=None if resume == "none" else resume, on_event=reporter)
     if not reporter.is_main:
         return result
@@ -56,3 +58,13 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
             result["test"] = {row["method"]: row[next(k for k in row if k.endswith("_pct"))] for row in rows}
     reporter.summary(result)
     return result
+
+
+def _decoder(config: TrainConfig, reporter: TrainReporter) -> Decoder | None:
+    if config.decode != "device":
+        return None
+    decoder, why = jpeg_decoder(pick_device(config.device))
+    if decoder is None and reporter.is_main:
+        reporter.console.print(plain(f"--decode device: {why}; the workers decode instead"), soft_wrap=True,
+                               highlight=False)
+    return decoder

@@ -1,0 +1,122 @@
+"""JPEG decoding on the training device: the workers hand over bytes and geometry, ``finish`` decodes and
+resamples there. No CPU machine has nvJPEG, so the device's decoder is stood in for by a full-size
+decode with PIL, which is what nvJPEG does too (no DCT scaling); the rest is the code a GPU runs."""
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data._utils.pin_memory import pin_memory
+
+from vgg_toolkit import TrainScale
+from vgg_toolkit.data.decode import LazyImage
+from vgg_toolkit.data.device_decode import jpeg_decoder
+from vgg_toolkit.data.errors import DataError
+from vgg_toolkit.data.loader import Batch
+from vgg_toolkit.data.pipeline import train_pipeline
+from vgg_toolkit.data.shards.manifest import Manifest
+from vgg_toolkit.runtime.distributed import DistEnv
+from vgg_toolkit.train.batches import ShardSource
+
+PHOTOS = Path(__file__).resolve().parents[1] / "shards" / "localisation"
+
+
+def full_size_decoder(data, channels):
+    """What nvJPEG returns: each image decoded whole, at full size."""
+    out = []
+    for encoded in data:
+        img = Image.open(io.BytesIO(encoded.numpy().tobytes())).convert("L" if channels == 1 else "RGB")
+        arr = np.asarray(img)
+        out.append(torch.from_numpy(arr.copy())[None] if arr.ndim == 2 else torch.from_numpy(arr.transpose(2, 0, 1).copy()))
+    return out
+
+
+def refusing_decoder(data, channels):
+    raise RuntimeError("nvjpeg: unsupported format")
+
+
+def sources(decoder, seed=3, crop=96, scale=TrainScale(112, 224), workers=0):
+    manifest = Manifest.load(PHOTOS / "manifest.json")
+    pipeline = train_pipeline(manifest, crop=crop, scale=scale)
+    return (ShardSource(manifest, pipeline, seed=seed, workers=workers, on_error="fail", decoder=decoder),
+            ShardSource(manifest, pipeline, seed=seed, workers=workers, on_error="fail"))
+
+
+@pytest.mark.parametrize("crop, scale", [(96, TrainScale(112, 224)), (40, TrainScale(48, 64))])
+def test_the_workers_leave_jpegs_encoded_and_the_device_makes_their_pixels(host, monkeypatch, crop, scale):
+    """At S >= 112 the workers decode these 256x192 photos at full size, as the device does; at S <= 64
+    they decode at a quarter or half size in the DCT, the device in full and then averages."""
+    device, workers = sources(full_size_decoder, crop=crop, scale=scale)
+    decodes = []
+    real = LazyImage.materialize
+    monkeypatch.setattr(LazyImage, "materialize", lambda self: decodes.append(1) or real(self))
+    env, diffs, compared = DistEnv(), [], 0
+    for epoch in (0, 1):
+        pairs = zip(device.train_batches(epoch, 0, env, 16, 16), workers.train_batches(epoch, 0, env, 16, 16))
+        for i, (a, b) in enumerate(pairs):
+            before = len(decodes)
+            assert a.keys == b.keys and torch.equal(a.labels, b.labels)
+            assert a.pending is not None and a.pending.rows == list(range(16)) and not a.images.any()
+            x = device.finish(a, a.images, epoch)
+            assert len(decodes) == before  # nothing decoded the worker's way: the device did it all
+            diffs.append((x - workers.finish(b, b.images, epoch)).abs() * 255)
+            compared += len(a.keys)
+            if i == 2:
+                break
+    diff = torch.stack(diffs)
+    assert compared == 96 and float(diff.mean()) < 2.0 and float((diff > 12).float().mean()) < 0.01
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_what_the_device_decoder_refuses_is_decoded_as_the_workers_do(host, processes):
+    """Also through worker processes: the encoded images cross the DataLoader's queue."""
+    device, workers = sources(refusing_decoder, workers=processes)
+    env, compared = DistEnv(), 0
+    for a, b in zip(device.train_batches(1, 0, env, 16, 16), workers.train_batches(1, 0, env, 16, 16)):
+        assert a.keys == b.keys and len(a.pending) == 16
+        assert torch.equal(device.finish(a, a.images, 1), workers.finish(b, b.images, 1))
+        compared += 16
+    assert compared == 192
+
+
+def _broken_batch(source):
+    batch = next(iter(source.train_batches(0, 0, DistEnv(), 8, 8)))
+    data = batch.pending.data[2]
+    batch.pending.data[2] = data[:len(data) // 3]  # the header reads; the image data stops a third in
+    return batch
+
+
+def test_an_image_no_decoder_reads_is_dropped_under_skip_and_named_under_fail(host):
+    source, _ = sources(full_size_decoder)
+    source.on_error = "skip"
+    batch = _broken_batch(source)
+    keys, member = list(batch.keys), batch.pending.where[2][1]
+    x = source.finish(batch, batch.images, 0)
+    assert x.shape[0] == 7 and len(batch.labels) == 7 and batch.keys == keys[:2] + keys[3:]
+    count, what = source.pop_skipped()
+    assert count == 1 and member in what
+
+    source.on_error = "fail"
+    batch = _broken_batch(source)
+    with pytest.raises(DataError, match=member):
+        source.finish(batch, batch.images, 0)
+
+
+def test_no_device_decoder_off_cuda_or_without_torchvision(monkeypatch):
+    decoder, why = jpeg_decoder(torch.device("cpu"))
+    assert decoder is None and "CUDA" in why
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # what an environment without it looks like
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)
+    decoder, why = jpeg_decoder(torch.device("cuda"))
+    assert decoder is None and "torchvision" in why
+
+
+def test_a_batch_pins_its_images_for_the_copy_to_the_device(monkeypatch):
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pinned.append(self.shape) or self)
+    batch = Batch(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), list("abcd"))
+    assert pin_memory(batch) is batch and pinned == [(4, 3, 8, 8)]  # the DataLoader's pinning thread
