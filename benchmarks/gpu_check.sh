@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check (benchmarks/gpu_check.py): per-config correctness against cuDNN, the speed
-# table, a VGG-D training step, and a block for BENCHMARKS.md, in one command of under 8 minutes.
+# table, a VGG-D training step, then JPEG decoding on the device (benchmarks/gpu_decode_check.py), and
+# blocks for BENCHMARKS.md, in one command of under 9 minutes.
 #
 # Prepare here (no GPU needed): `make gpu-wheels` puts in .whl/ the wheels a bare GPU machine with
 # torch and triton lacks (this package, webdataset and its braceexpand). Then, from the repo root on
@@ -14,6 +15,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/vggtk-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-# 470 s: the check stops itself inside the 8 minutes, and what it printed is kept.
-timeout 470 python3 benchmarks/gpu_check.py "$@" 2>&1 | tee "$out/gpu_check.md"
-exit "${PIPESTATUS[0]}"
+# 450 s: the check stops itself inside the 8 minutes, and what it printed is kept.
+set +e
+timeout 450 python3 benchmarks/gpu_check.py "$@" 2>&1 | tee "$out/gpu_check.md"
+kernels=${PIPESTATUS[0]}
+# Then JPEG decoding on the device (--decode device) against the workers' decode: under a minute.
+timeout 60 python3 benchmarks/gpu_decode_check.py 2>&1 | tee -a "$out/gpu_check.md"
+decode=${PIPESTATUS[0]}
+[ "$kernels" -eq 0 ] && [ "$decode" -eq 0 ]

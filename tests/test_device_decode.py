@@ -1,20 +1,18 @@
 """JPEG decoding on the training device: the workers hand over bytes and geometry, ``finish`` decodes and
 resamples there. No CPU machine has nvJPEG, so the device's decoder is stood in for by a full-size
-decode with PIL, which is what nvJPEG does too (no DCT scaling); the rest is the code a GPU runs."""
+decode with PIL (``pillow_decoder``), which is what nvJPEG does too (no DCT scaling); the rest is the code
+a GPU runs."""
 
-import io
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from vgg_toolkit import TrainScale
 from vgg_toolkit.data.decode import LazyImage
-from vgg_toolkit.data.device_decode import jpeg_decoder
+from vgg_toolkit.data.device_decode import jpeg_decoder, pillow_decoder
 from vgg_toolkit.data.errors import DataError
 from vgg_toolkit.data.loader import Batch
 from vgg_toolkit.data.pipeline import train_pipeline
@@ -23,16 +21,6 @@ from vgg_toolkit.runtime.distributed import DistEnv
 from vgg_toolkit.train.batches import ShardSource
 
 PHOTOS = Path(__file__).resolve().parents[1] / "shards" / "localisation"
-
-
-def full_size_decoder(data, channels):
-    """What nvJPEG returns: each image decoded whole, at full size."""
-    out = []
-    for encoded in data:
-        img = Image.open(io.BytesIO(encoded.numpy().tobytes())).convert("L" if channels == 1 else "RGB")
-        arr = np.asarray(img)
-        out.append(torch.from_numpy(arr.copy())[None] if arr.ndim == 2 else torch.from_numpy(arr.transpose(2, 0, 1).copy()))
-    return out
 
 
 def refusing_decoder(data, channels):
@@ -50,7 +38,7 @@ def sources(decoder, seed=3, crop=96, scale=TrainScale(112, 224), workers=0):
 def test_the_workers_leave_jpegs_encoded_and_the_device_makes_their_pixels(host, monkeypatch, crop, scale):
     """At S >= 112 the workers decode these 256x192 photos at full size, as the device does; at S <= 64
     they decode at a quarter or half size in the DCT, the device in full and then averages."""
-    device, workers = sources(full_size_decoder, crop=crop, scale=scale)
+    device, workers = sources(pillow_decoder(), crop=crop, scale=scale)
     decodes = []
     real = LazyImage.materialize
     monkeypatch.setattr(LazyImage, "materialize", lambda self: decodes.append(1) or real(self))
@@ -91,7 +79,7 @@ def _broken_batch(source):
 
 
 def test_an_image_no_decoder_reads_is_dropped_under_skip_and_named_under_fail(host):
-    source, _ = sources(full_size_decoder)
+    source, _ = sources(pillow_decoder())
     source.on_error = "skip"
     batch = _broken_batch(source)
     keys, member = list(batch.keys), batch.pending.where[2][1]

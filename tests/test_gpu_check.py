@@ -60,3 +60,20 @@ def test_forcing_a_config_runs_it_alone_and_restores_the_tuner():
     with gpu_check.forced(kernel, conv3x3.FORWARD_CONFIGS[3]):
         assert kernel.configs == [conv3x3.FORWARD_CONFIGS[3]] and kernel.cache == {}
     assert kernel.configs == before
+
+
+def test_the_gpu_decode_check_rehearses_on_cpu():
+    """Its second part, JPEG decoding on the device, with PIL standing in for nvJPEG."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_decode_check.py"), "--rehearse",
+                           "--images", "64"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Pixels against the workers' decode: 0." in done.stdout  # levels, on average: under one
+    assert "| the device, `decode_pending` |" in done.stdout
+
+
+def test_the_gpu_decode_check_says_why_there_is_no_decoder():
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the real check runs instead")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_decode_check.py")], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 1 and "no GPU JPEG decoder: " in done.stdout

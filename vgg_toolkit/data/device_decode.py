@@ -18,13 +18,14 @@ here on the CPU with the workers' own code, to their very pixels; one that neith
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .decode import LazyImage, _saturating_add, dct_reduction
+from .decode import LazyImage, _saturating_add, _to_tensor, dct_reduction
 from .errors import DataError
 
 # encoded images (uint8, 1-D, on the CPU) and 1 or 3 channels -> uint8 (C, H, W) images on the device;
@@ -75,9 +76,7 @@ def jpeg_decoder(device: torch.device) -> tuple[Decoder | None, str]:
         from torchvision.io import ImageReadMode, decode_jpeg
     except Exception as exc:  # not installed, or a build whose compiled ops do not match this torch
         return None, f"JPEG decoding on the device needs torchvision ({type(exc).__name__}: {exc})"
-    try:  # a one-pixel JPEG: fails now, not in the first batch, where the build has no nvJPEG
-        import io
-
+    try:  # a small JPEG: fails now, not in the first batch, where the build has no nvJPEG
         from PIL import Image
 
         probe = io.BytesIO()
@@ -91,6 +90,22 @@ def jpeg_decoder(device: torch.device) -> tuple[Decoder | None, str]:
         return decode_jpeg(data, mode=mode, device=device)
 
     return decode, ""
+
+
+def pillow_decoder(device: torch.device | str = "cpu") -> Decoder:
+    """nvJPEG's contract met with PIL on the CPU (each image whole, at full size, no DCT scaling), the
+    result moved to ``device``: the stand-in where there is no GPU decoder, for the tests and the
+    rehearsal of the GPU check. Slower than the workers' own decode; not for training."""
+    from PIL import Image
+
+    def decode(data: list[torch.Tensor], channels: int) -> list[torch.Tensor]:
+        out = []
+        for encoded in data:
+            img = Image.open(io.BytesIO(encoded.numpy().tobytes())).convert("L" if channels == 1 else "RGB")
+            out.append(_to_tensor(img).to(device))
+        return out
+
+    return decode
 
 
 def decode_pending(images: torch.Tensor, pending: PendingDecode, decoder: Decoder | None) -> list[tuple[int, DataError]]:
