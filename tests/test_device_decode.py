@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from vgg_toolkit import TrainScale
@@ -108,3 +109,31 @@ def test_a_batch_pins_its_images_for_the_copy_to_the_device(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pinned.append(self.shape) or self)
     batch = Batch(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), list("abcd"))
     assert pin_memory(batch) is batch and pinned == [(4, 3, 8, 8)]  # the DataLoader's pinning thread
+
+
+def test_only_jpegs_are_left_encoded_in_a_batch_of_mixed_formats(host, tmp_path):
+    """A PNG in the batch is decoded by the worker as before; the JPEGs around it wait for the device."""
+    import skimage.data
+
+    from vgg_toolkit.data.shards.create import create_shards
+    from vgg_toolkit.data.sources import image_folder
+
+    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee()]
+    for i in range(8):
+        folder = tmp_path / "photos" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(photos[i % 3]).resize((96, 72))
+        img.save(folder / (f"{i}.png" if i % 4 == 0 else f"{i}.jpg"), quality=90)
+    manifest = create_shards(image_folder(tmp_path / "photos"), tmp_path / "shards", samples_per_shard=8,
+                             splits={"train": 1.0}, compress=False)
+    pipeline = train_pipeline(manifest, crop=32, scale=TrainScale(36, 48))
+    device = ShardSource(manifest, pipeline, seed=0, workers=0, on_error="fail", decoder=pillow_decoder())
+    workers = ShardSource(manifest, pipeline, seed=0, workers=0, on_error="fail")
+    env = DistEnv()
+    a, b = next(iter(device.train_batches(0, 0, env, 8, 8))), next(iter(workers.train_batches(0, 0, env, 8, 8)))
+    members = dict(zip(a.pending.rows, a.pending.where))
+    assert len(a.pending) == 6 and all(member.endswith(".jpg") for _, member in members.values())
+    pngs = [i for i in range(8) if i not in members]
+    assert len(pngs) == 2 and all(a.images[i].any() and torch.equal(a.images[i], b.images[i]) for i in pngs)
+    x, y = device.finish(a, a.images, 0), workers.finish(b, b.images, 0)
+    assert torch.equal(x[pngs], y[pngs]) and float(((x - y).abs() * 255).mean()) < 1.0
