@@ -2,8 +2,8 @@
 photos, with the paper's training augmentation (S ~ U[256, 512], 224 crop, flip, colour shift):
 
 1. the pixels: each batch through ``ShardSource.finish`` both ways, the difference in levels;
-2. the speed of ``decode_pending`` (decode, reduce, crop, resample) on the device, against the same
-   images decoded one core's way (the workers' code, in this process), measured in the same run.
+2. the speed of ``DeviceDecoder.assemble`` (decode, reduce, crop, resample) on the device, against the
+   same images decoded one core's way (the workers' code, in this process), measured in the same run.
 
     python benchmarks/gpu_decode_check.py             # on a CUDA machine with torchvision
     python benchmarks/gpu_decode_check.py --rehearse  # anywhere: PIL stands in for nvJPEG; speeds mean nothing
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_throughput import make_jpegs  # noqa: E402  (JPEGs from the real photos at hand)
 
 from vgg_toolkit import TrainScale  # noqa: E402
-from vgg_toolkit.data.device_decode import decode_pending, jpeg_decoder, pillow_decoder  # noqa: E402
+from vgg_toolkit.data.device_decode import DeviceDecoder, jpeg_decoder, pillow_decoder  # noqa: E402
 from vgg_toolkit.data.pipeline import train_pipeline  # noqa: E402
 from vgg_toolkit.data.shards.create import create_shards  # noqa: E402
 from vgg_toolkit.data.sources import image_folder  # noqa: E402
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rehearse", action="store_true", help="no GPU: PIL stands in for nvJPEG on the CPU")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.rehearse else "cuda")
-    decoder, why = (pillow_decoder(device), "") if args.rehearse else jpeg_decoder(device)
+    decoder, why = (pillow_decoder(), "") if args.rehearse else jpeg_decoder(device)
     if decoder is None:
         print(f"no GPU JPEG decoder: {why}")
         return 1
@@ -62,27 +62,31 @@ def main(argv=None) -> int:
         env, diffs, batches = DistEnv(), [], []
         for a, b in zip(on_gpu.train_batches(0, 0, env, BATCH, BATCH), in_workers.train_batches(0, 0, env, BATCH, BATCH)):
             assert a.keys == b.keys and a.pending is not None
-            batches.append((a.images.clone(), a.pending))
-            x = on_gpu.finish(a, a.images.to(device), 0)
-            y = in_workers.finish(b, b.images.to(device), 0)
+            batches.append((a.images, a.pending, len(a)))
+            x = on_gpu.finish(a, device, 0)
+            y = in_workers.finish(b, device, 0)
             diffs.append(((x - y).abs() * 255).flatten().cpu())
         diff = torch.cat(diffs)
 
-        def timed(dec, dev) -> float:
+        assert decoder.refused == 0, f"{decoder.name} refused {decoder.refused} images ({decoder.why})"
+        workers_code = DeviceDecoder(decoder.decode, "off")
+        workers_code.active = False  # every image the workers' way, in this process
+
+        def timed(dec: DeviceDecoder, dev: torch.device) -> float:
             _sync(dev)
             start = time.perf_counter()
-            for images, pending in batches:
-                failed = decode_pending(images.to(dev, non_blocking=True), pending, dec)
+            for images, pending, size in batches:
+                _, failed = dec.assemble(images, pending, size, dev)
                 assert not failed, failed
             _sync(dev)
-            return sum(len(pending) for _, pending in batches) / (time.perf_counter() - start)
+            return sum(len(pending) for _, pending, _ in batches) / (time.perf_counter() - start)
 
         torch.set_num_threads(1)  # the workers' way, one core
         timed(decoder, device)  # warm: nvJPEG's handles, the allocator
         rates = {"device": [], "one core": []}
         for _ in range(3):
             rates["device"].append(timed(decoder, device))
-            rates["one core"].append(timed(None, torch.device("cpu")))
+            rates["one core"].append(timed(workers_code, torch.device("cpu")))
     name = "CPU, PIL standing in for nvJPEG (speeds mean nothing)" if args.rehearse else torch.cuda.get_device_name()
     dev_rate, cpu_rate = sorted(rates["device"])[1], sorted(rates["one core"])[1]
     lines = [f"## GPU check: JPEG decoding on the device, {name}", "",
@@ -93,7 +97,7 @@ def main(argv=None) -> int:
              f"{(diff > 12).float().mean() * 100:.3f}% over 12, at most {diff.max():.0f}.", "",
              "| decode + reduce + crop + resample | images/s (median of 3) | ratio |", "|---|---|---|",
              f"| one CPU core, the workers' code | {cpu_rate:.0f} | 1.00 |",
-             f"| the device, `decode_pending` | {dev_rate:.0f} | {dev_rate / cpu_rate:.2f} |"]
+             f"| the device, `DeviceDecoder.assemble` | {dev_rate:.0f} | {dev_rate / cpu_rate:.2f} |"]
     print("\n".join(lines), flush=True)
     return 0 if float(diff.mean()) < 2.0 else 1
 

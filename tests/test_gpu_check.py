@@ -68,7 +68,7 @@ def test_the_gpu_decode_check_rehearses_on_cpu():
                            "--images", "64"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Pixels against the workers' decode: 0." in done.stdout  # levels, on average: under one
-    assert "| the device, `decode_pending` |" in done.stdout
+    assert "| the device, `DeviceDecoder.assemble` |" in done.stdout
 
 
 def test_the_gpu_decode_check_says_why_there_is_no_decoder():

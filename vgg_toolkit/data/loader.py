@@ -62,7 +62,7 @@ class Batch:
     skipped: dict = field(default_factory=dict)  # counts by kind since the worker's last batch
     skip_examples: list[str] = field(default_factory=list)
     error: VggtkError | None = None  # raised by a worker: handed over as data, re-raised as itself
-    pending: PendingDecode | None = None  # images left encoded for the device (zeros in their rows)
+    pending: PendingDecode | None = None  # images left encoded for the device; ``images`` holds the others
 
     def pin_memory(self) -> "Batch":
         """Page-locked images, so that the copy to the GPU can overlap compute (the DataLoader calls
@@ -92,12 +92,10 @@ def _collate(samples: list[dict], with_boxes: bool) -> Batch:
     if len(shapes) > 1:
         raise VggtkError(f"images in one batch differ in size ({', '.join(map(str, sorted(shapes)[:3]))}): "
                          "crop to one size, or use batch_size=1 (dense testing)")
+    # Images left encoded for the device (defer_jpeg) are not in ``images``: no placeholder pixels.
     encoded = [i for i, s in enumerate(samples) if isinstance(s["image"], LazyImage)]
-    if encoded:
-        blank = torch.zeros(shapes.pop(), dtype=torch.uint8)
-        images = torch.stack([blank if isinstance(s["image"], LazyImage) else s["image"] for s in samples])
-    else:
-        images = torch.stack([s["image"] for s in samples])
+    decoded = [s["image"] for s in samples if not isinstance(s["image"], LazyImage)]
+    images = torch.stack(decoded) if decoded else torch.zeros((0, *shapes.pop()), dtype=torch.uint8)
     batch = Batch(images, torch.tensor([s["label"] for s in samples], dtype=torch.int64),
                   [s["key"] for s in samples], with_boxes=with_boxes)
     if encoded:
@@ -372,8 +370,8 @@ def make_loader(source, split: str = "train", batch_size: int = 128, augment="au
     verify: "sha256" checks each shard against the manifest the first time a process opens it;
         "size" checks only the size; "none" skips both.
     defer_jpeg: JPEGs that every augmentation op can take undecoded are left encoded, for the training
-        device to decode: ``batch.pending`` holds them and ``device_decode.decode_pending`` fills their
-        rows. Not with ``with_boxes``.
+        device to decode: ``batch.pending`` holds them, ``batch.images`` only the other rows, and
+        ``device_decode.DeviceDecoder.assemble`` puts the batch together. Not with ``with_boxes``.
     """
     check_policy(on_error)
     if verify not in ("sha256", "size", "none"):

@@ -10,13 +10,14 @@ batches are whole images (not crops): the loop takes the paper's centre view of 
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 
 from ..data.batched import BatchGeometry, augment_batch, flip_and_shift
-from ..data.device_decode import Decoder, decode_pending
-from ..data.errors import SkipLog, check_labels, handle
+from ..data.device_decode import DeviceDecoder
+from ..data.errors import DataError, SkipLog, check_labels, handle
 from ..data.loader import Batch, make_loader, normalize_on_device, read_split
 from ..data.shards.manifest import Manifest
 from ..data.shards.reader import sample_generator, sample_seed
@@ -47,10 +48,11 @@ class BatchSource(Protocol):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch on the device -> the network's float input."""
 
-    def finish(self, batch: Batch, images: torch.Tensor, epoch: int) -> torch.Tensor:
-        """A training batch's uint8 ``images``, moved to the device: what decoding and augmentation is
-        left to do there, then ``normalize``. Rows that fail to decode there are dropped under
-        ``on_error="skip"``, from ``batch.labels`` and ``batch.keys`` too: read the targets after."""
+    def finish(self, batch: Batch, device: torch.device, epoch: int) -> torch.Tensor:
+        """A training batch on ``device``, the network's input: its images moved there (without blocking),
+        what decoding and augmentation is left to do there, then ``normalize``. Rows that fail to decode
+        there are dropped under ``on_error="skip"``, from the batch's labels, keys and boxes too: read
+        the targets after."""
 
 
 AUGMENT_CHUNK = 1 << 20  # source pixels augmented in one call
@@ -134,8 +136,8 @@ class InMemorySource:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize_on_device(images, self.mean)
 
-    def finish(self, batch: Batch, images: torch.Tensor, epoch: int) -> torch.Tensor:
-        return self.normalize(images)  # augmented whole, in memory
+    def finish(self, batch: Batch, device: torch.device, epoch: int) -> torch.Tensor:
+        return self.normalize(batch.images.to(device, non_blocking=True))  # augmented whole, in memory
 
     @classmethod
     def from_shards(cls, manifest: Manifest, train_transform: Transform, seed: int, workers: int,
@@ -161,10 +163,11 @@ class ShardSource:
     grouped into different global batches (the in-memory source keeps the groups too).
 
     With a ``decoder`` (``device_decode.jpeg_decoder``) and no boxes, the workers leave JPEGs encoded and
-    ``finish`` decodes them on the training device."""
+    ``finish`` decodes them on the training device; once the device refuses a whole batch, the workers
+    decode again from the next epoch on."""
 
     def __init__(self, manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str,
-                 with_boxes: bool = False, decoder: Decoder | None = None):
+                 with_boxes: bool = False, decoder: DeviceDecoder | None = None):
         self.manifest, self.seed, self.workers, self.on_error = manifest, seed, workers, on_error
         self.with_boxes = with_boxes
         self.decoder = None if with_boxes else decoder
@@ -192,7 +195,7 @@ class ShardSource:
         return make_loader(self.manifest, "train", batch_size=micro_batch, augment=self.train_transform,
                            seed=self.seed, epoch=epoch, rank=env.rank, world_size=env.world_size,
                            num_workers=self.workers, on_error=self.on_error, start_position=start,
-                           with_boxes=self.with_boxes, defer_jpeg=self.decoder is not None)
+                           with_boxes=self.with_boxes, defer_jpeg=self.decoder is not None and self.decoder.active)
 
     def num_batches(self, global_batch: int, env: DistEnv, micro_batch: int) -> int:
         accum = global_batch // (env.world_size * micro_batch)
@@ -215,9 +218,11 @@ class ShardSource:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize_on_device(images, self.mean)
 
-    def finish(self, batch: Batch, images: torch.Tensor, epoch: int) -> torch.Tensor:
+    def finish(self, batch: Batch, device: torch.device, epoch: int) -> torch.Tensor:
         if batch.pending is not None:
-            images = self._decode(batch, images)
+            images = self._decode(batch, device)
+        else:
+            images = batch.images.to(device, non_blocking=True)
         if self.device_ops:
             n, c, h, w = images.shape
             geometry = BatchGeometry(n, c, w, h, [sample_seed(self.seed, epoch, key) for key in batch.keys])
@@ -227,25 +232,40 @@ class ShardSource:
         return self.normalize(images)
 
 
-    def _decode(self, batch: Batch, images: torch.Tensor) -> torch.Tensor:
-        failed = decode_pending(images, batch.pending, self.decoder)
+    def _decode(self, batch: Batch, device: torch.device) -> torch.Tensor:
+        decoder = self.decoder
+        was_active, refused = decoder.active, decoder.refused
+        images, failed = decoder.assemble(batch.images, batch.pending, len(batch), device)
+        batch.pending = None
+        if decoder.refused and not refused:
+            print(f"--decode device: {decoder.name} refused an image ({decoder.why}); such images are decoded on "
+                  "the CPU in the training process", file=sys.stderr)
+        if was_active and not decoder.active:
+            print(f"--decode device: {decoder.name} refused a whole batch; the workers decode from the next epoch "
+                  "on", file=sys.stderr)
         if not failed:
+            batch.images = images
             return images
         for _, err in failed:
             handle(err, self.on_error, self._skipped)  # raises under "fail"
         if len(failed) == len(batch):
-            raise failed[0][1]  # no image of the batch is left to train on
+            raise DataError(f"no image of this batch of {len(batch)} decodes ({failed[0][1]}); with --decode device "
+                            "a damaged JPEG is found only on the device, after the batch was formed: decode in the "
+                            "workers (--decode workers) to skip it there", kind="corrupt image")
         bad = {row for row, _ in failed}
         keep = [i for i in range(len(batch)) if i not in bad]
         batch.labels, batch.keys = batch.labels[keep], [batch.keys[i] for i in keep]
-        return images[torch.tensor(keep, device=images.device)]
+        if batch.boxes is not None:
+            batch.boxes, batch.box_labels = [batch.boxes[i] for i in keep], [batch.box_labels[i] for i in keep]
+        batch.images = images[torch.tensor(keep, device=device)]
+        return batch.images
 
 
 IN_MEMORY_LIMIT = 2 << 30  # decoded bytes of the training split below which it is decoded once, up front
 
 
 def source_for(manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str,
-               with_boxes: bool = False, decoder: Decoder | None = None) -> BatchSource:
+               with_boxes: bool = False, decoder: DeviceDecoder | None = None) -> BatchSource:
     """In memory when every image has one size, the training split fits in IN_MEMORY_LIMIT and no boxes
     are needed; else streamed (JPEGs decoded on the device by ``decoder``, when given)."""
     side = manifest.uniform_side

@@ -215,7 +215,7 @@ class _Run:
             sync = contextlib.nullcontext() if last or not self.env.enabled else self.net.no_sync()
             rows = global_rows(self.model, self.env.rank * per_rank + i * self.micro_batch, self.config.batch_size)
             with sync, rows, mixed_precision(self.device):
-                x = self.source.finish(batch, batch.images.to(self.device, non_blocking=True), self.state["epoch"])
+                x = self.source.finish(batch, self.device, self.state["epoch"])
                 outputs = self.net(x.contiguous(memory_format=torch.channels_last))
                 targets = self._targets(batch, batch.boxes, *x.shape[-2:])
                 loss = task_loss(self.head, outputs, targets.to(self.device, non_blocking=True)) / len(micro)

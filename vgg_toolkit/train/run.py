@@ -10,7 +10,7 @@ from rich.console import Console
 from ..contract.task import BoxTargets, EvalRequest
 from ..host.manager import get_host
 from ..data.bundled import resolve_data
-from ..data.device_decode import Decoder, jpeg_decoder
+from ..data.device_decode import DeviceDecoder, jpeg_decoder
 from ..data.facts import data_facts
 from ..data.pipeline import train_pipeline
 from ..data.shards.manifest import Manifest
@@ -18,7 +18,7 @@ from ..evaluation.on_shards import evaluate_on_shards
 from ..models.trained import load_trained
 from ..runtime.console import plain
 from ..runtime.devices import pick_device
-from .batches import source_for
+from .batches import ShardSource, source_for
 from .checkpoint import check_run_dir
 from .config import TrainConfig
 from .loop import train
@@ -36,8 +36,11 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     plan = plan_run(config, data_facts(manifest))
     train_pipe = train_pipeline(manifest, crop=plan.input_size, scale=plan.scale)
     reporter = TrainReporter(run_dir, console or Console(soft_wrap=True))
-    source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error,
-                        with_boxes=isinstance(plan.head(), BoxTargets), decoder=_decoder(config, reporter))
+    with_boxes = isinstance(plan.head(), BoxTargets)
+    decoder = _decoder(config, with_boxes, reporter)
+    source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error, with_boxes, decoder)
+    if decoder is not None and not isinstance(source, ShardSource):
+        _notice(reporter, "these images are decoded once, into memory, before training")
     result = train(plan, source, run_dir, resume=None if resume == "none" else resume, on_event=reporter)
     if not reporter.is_main:
         return result
@@ -60,11 +63,18 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     return result
 
 
-def _decoder(config: TrainConfig, reporter: TrainReporter) -> Decoder | None:
+def _notice(reporter: TrainReporter, why: str) -> None:
+    if reporter.is_main:
+        reporter.console.print(plain(f"--decode device: {why}; the workers decode"), soft_wrap=True, highlight=False)
+
+
+def _decoder(config: TrainConfig, with_boxes: bool, reporter: TrainReporter) -> DeviceDecoder | None:
     if config.decode != "device":
         return None
+    if with_boxes:  # the boxes follow the decode's whole-pixel region, which the workers know
+        _notice(reporter, f"the {config.head} head learns from boxes, which follow the workers' decode")
+        return None
     decoder, why = jpeg_decoder(pick_device(config.device))
-    if decoder is None and reporter.is_main:
-        reporter.console.print(plain(f"--decode device: {why}; the workers decode instead"), soft_wrap=True,
-                               highlight=False)
+    if decoder is None:
+        _notice(reporter, why)
     return decoder
