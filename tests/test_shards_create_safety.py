@@ -80,6 +80,25 @@ def test_a_shard_name_taken_by_a_users_file_is_refused_before_anything_moves(tmp
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("same_size", [False, True])
+def test_a_listed_shard_the_user_changed_is_not_replaced(tmp_path, same_size):
+    """A name the old manifest lists is the tool's only while the file is what it wrote: a shard edited or
+    swapped for another file since (of another size, or of the same size: its sha256 tells) is refused
+    before any work, and nothing moves."""
+    src = image_folder_of(tmp_path / "src")
+    out = tmp_path / "out"
+    assert create(src, out).exit_code == 0
+    shard = out / Manifest.load(out).split("train")[1].name
+    size = shard.stat().st_size
+    mine = b"my precious" if not same_size else (b"my precious" * size)[:size]
+    shard.write_bytes(mine)
+    before = snapshot(out)
+    result = create(src, out, "--samples-per-shard", 20)
+    assert result.exit_code == 2 and f"{shard}: changed since vggtk wrote it" in result.output.replace("\n", "")
+    assert ("sha256" in result.output) == same_size
+    assert snapshot(out) == before and shard.read_bytes() == mine
+
+
 def test_an_interrupted_rebuild_leaves_the_previous_set_byte_for_byte(tmp_path):
     src = image_folder_of(tmp_path / "src")
     out = tmp_path / "out"
