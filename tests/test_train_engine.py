@@ -296,3 +296,24 @@ def test_auxiliary_outputs_train_through_the_heads_loss_and_validation_sees_the_
         runs[aux_weight] = weights(summary["checkpoint"])
     assert not torch.equal(runs[0.3]["aux.weight"], runs[0.0]["aux.weight"])  # the weighted auxiliary loss
     assert not torch.equal(runs[0.3]["trunk.0.weight"], runs[0.0]["trunk.0.weight"])  # reached the trunk too
+
+
+@pytest.mark.parametrize("what", ["a file in a folder without state.json", "a file under the name"])
+def test_a_checkpoint_name_holding_a_users_file_is_refused_before_any_work(tmp_path, what):
+    """A save replaces whatever holds ckpt-<step>, and pruning deletes old checkpoints whole: a user's file
+    there, in a folder that is no complete checkpoint (no state.json) or as the name itself, is said, not
+    deleted."""
+    from vgg_toolkit.train.checkpoint import check_run_dir
+
+    run = tmp_path / "run"
+    if what == "a file under the name":
+        run.mkdir()
+        (run / "ckpt-000000007").write_text("mine")
+        mine = run / "ckpt-000000007"
+    else:
+        (run / "ckpt-000000007").mkdir(parents=True)
+        mine = run / "ckpt-000000007" / "x"
+        mine.write_text("mine")
+    with pytest.raises(VggtkError, match=f"{mine}: was not written by vggtk train"):
+        check_run_dir(run)
+    assert mine.read_text() == "mine"

@@ -44,7 +44,9 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
             if path.exists() and not (ours or written_by_vggtk(path)):
                 raise VggtkError(f"{path}: exists and was not written by vggtk train, which would replace it; "
                                  "move it away or choose another --run-dir")
-        for ckpt in [run_dir / BEST, *complete_checkpoints(run_dir)]:
+        # Every name a save could take (ckpt-<step>, best), complete checkpoint or not: a save replaces
+        # what holds its name, and pruning deletes old checkpoints whole.
+        for ckpt in [run_dir / BEST, *sorted(run_dir.glob(PREFIX + "*"))]:
             foreign = sorted(p.name for p in ckpt.iterdir()) if ckpt.is_dir() else []
             foreign = [n for n in foreign if n not in CHECKPOINT_FILES]
             if foreign or (ckpt.exists() and not ckpt.is_dir()):
