@@ -190,3 +190,16 @@ def test_photos_of_many_sizes_are_described_one_at_a_time(tmp_path):
         x = normalize_on_device(batch.images, Manifest.load(shards))
         alone = image_descriptors(model, x, scales=[64])
         assert torch.allclose(row, alone[0], atol=1e-4)
+
+
+def test_features_of_another_tasks_images_need_only_the_channels(trained, tmp_path):
+    """The point of transfer features: a net trained on three garment classes describes the bundled
+    ten-class Fashion-MNIST test images; only images of another channel count are refused."""
+    run, _ = trained
+    result = vggtk("extract-features", run / "best", "--data", SHARDS / "fashion-mnist", "--splits", "test",
+                   "--limit", 20, "--scales", "32", "--out", tmp_path / "other")
+    assert result.exit_code == 0, result.output
+    features, labels, _ = read(tmp_path / "other" / "test.safetensors")
+    assert features.shape == (20, 256) and int(labels.max()) > 2  # labels of the new task's ten classes
+    photos = vggtk("extract-features", run / "best", "--data", SHARDS / "localisation", "--out", tmp_path / "p")
+    assert "takes 1-channel images but" in input_error(photos)

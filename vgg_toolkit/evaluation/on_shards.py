@@ -25,8 +25,10 @@ def normalising_mean(models: Sequence[torch.nn.Module], manifest: Manifest) -> l
     return manifest.stats.mean_rgb_255
 
 
-def check_fits_data(models: Sequence[torch.nn.Module], manifest: Manifest, names: Sequence[str]) -> None:
-    """Refuse, before any work, models whose input channels or classes are not the data's."""
+def check_fits_data(models: Sequence[torch.nn.Module], manifest: Manifest, names: Sequence[str],
+                    classes: bool = True) -> None:
+    """Refuse, before any work, models whose input channels or (``classes``) classes are not the data's.
+    Features for another task (``classes=False``) need the channels alone."""
     for model, name in zip(models, names):
         info = find_model_info(model)
         if info is None:
@@ -34,7 +36,7 @@ def check_fits_data(models: Sequence[torch.nn.Module], manifest: Manifest, names
         if info.in_chans is not None and info.in_chans != manifest.channels:
             raise VggtkError(f"{name}: takes {info.in_chans}-channel images but {manifest.path} holds "
                              f"{manifest.channels}-channel images")
-        if info.classes is not None and list(info.classes) != list(manifest.classes):
+        if classes and info.classes is not None and list(info.classes) != list(manifest.classes):
             diff = next((i for i, (a, b) in enumerate(zip(info.classes, manifest.classes)) if a != b), None)
             what = (f"{len(info.classes)} vs {manifest.num_classes} classes" if diff is None else
                     f"class {diff} is {info.classes[diff]!r} there and {manifest.classes[diff]!r} here")
