@@ -100,6 +100,32 @@ def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith("vggtk: error:") and "missing.safetensors" in err
 
 
+@pytest.mark.parametrize("raised", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 81920000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError(),
+])
+def test_the_allocators_refusal_is_one_line_and_other_errors_stay_errors(raised, capsys):
+    """What the parameter count cannot foresee (activations of a huge input) still ends in one line."""
+    import typer
+
+    from vgg_toolkit.cli import _guard
+
+    def command():
+        raise raised
+
+    with pytest.raises(typer.Exit) as exit_info:
+        _guard(command)()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.exit_code == 2 and err.count("\n") == 0 and err.startswith("vggtk: error: out of memory")
+
+    def broken():
+        raise RuntimeError("a defect, not an input")
+
+    with pytest.raises(RuntimeError, match="a defect"):
+        _guard(broken)()
+
+
 def test_plugins_table_shows_a_name_clash_instead_of_failing(host):
     from vgg_toolkit import hookimpl
 

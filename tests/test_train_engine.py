@@ -169,7 +169,7 @@ def test_a_non_finite_gradient_under_a_finite_loss_stops_the_run_too(tmp_path):
 
 def test_bad_batch_split_is_a_clear_error(tmp_path):
     plan, source = tiny_run(batch_size=30, accum_steps=4)
-    with pytest.raises(VggtkError, match="global batch 30 does not split into 1 rank"):
+    with pytest.raises(VggtkError, match="--batch-size 30 does not split into 1 rank.*--accum-steps"):
         train(plan, source, tmp_path)
 
 

@@ -183,7 +183,10 @@ def _scale(values: dict, label) -> TrainScale | None:
         if value is not None:
             check_value(value, int, label(key))
     if smin is not None:
-        return TrainScale.parse((smin, smax))
+        try:
+            return TrainScale.parse((smin, smax))
+        except VggtkError as exc:
+            raise VggtkError(f"{label('scale_min')} and {label('scale_max')}: {exc}") from None
     if scale is None:
         return None
     try:

@@ -96,11 +96,13 @@ class _Run:
         self.device, self.env, self.events = device, env, events
         self.micro_batch, rem = divmod(self.config.batch_size, env.world_size * self.config.accum_steps)
         if rem or self.micro_batch < 1:
-            raise VggtkError(f"global batch {self.config.batch_size} does not split into {env.world_size} rank(s) x "
-                             f"{self.config.accum_steps} accumulation step(s)")
+            parts = env.world_size * self.config.accum_steps
+            raise VggtkError(f"--batch-size {self.config.batch_size} does not split into {env.world_size} rank(s) x "
+                             f"{self.config.accum_steps} accumulation step(s) (--accum-steps): give a multiple of {parts}")
         self.batches_per_epoch = source.num_batches(self.config.batch_size, env, self.micro_batch)
         if self.batches_per_epoch < 1:
-            raise VggtkError(f"the training split holds fewer samples than one global batch of {self.config.batch_size}")
+            raise VggtkError(f"{self.config.data or 'the bundled data'}: the training split holds fewer samples than "
+                             f"one global batch (--batch-size {self.config.batch_size}): give a smaller batch size")
         self.head = plan.head()
         self.box_head = isinstance(self.head, BoxTargets)
         torch.manual_seed(derived_seed(self.config.seed, "init"))  # the same initial weights on every rank
