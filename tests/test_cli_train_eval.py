@@ -67,6 +67,21 @@ def test_eval_prints_the_table_and_writes_json(trained, shards, tmp_path):
     assert len(rows[0]["per_class"]) == 3
 
 
+def test_eval_off_a_terminal_says_how_far_it_is(trained, shards, tmp_path, monkeypatch):
+    """No bar can be drawn into a pipe or a log file: a line instead, every LINE_EVERY seconds (here at
+    every batch)."""
+    from vgg_toolkit.evaluation import runner
+
+    monkeypatch.setattr(runner, "LINE_EVERY", 0.0)
+    run, _ = trained
+    result = vggtk("eval", run / "best", "--data", shards, "--methods", "center", "--batch-size", 16, "--out",
+                   tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("eval centre crop: ")]
+    total = Manifest.load(shards).samples("test")
+    assert len(lines) == -(-total // 16) and lines[-1].startswith(f"eval centre crop: {total}/{total} images, ")
+
+
 def test_eval_ensemble_of_checkpoints_with_different_classes_is_an_error(trained, shards, tmp_path):
     run, _ = trained
     result = vggtk("eval", run / "best", tmp_path / "nothing", "--data", shards)
@@ -184,6 +199,7 @@ def test_the_default_recipe_trains_on_the_bundled_photos(tmp_path):
     assert result.exit_code == 0, result.output
     assert "--decode device: JPEG decoding on the device needs a CUDA device, and training runs on cpu; the " \
            "workers decode" in result.output
+    assert "epoch 1 step 6/6: loss " in result.output  # off a terminal, no bar: a line every --log-every steps
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["event"] == "step"]  # running mean over the epoch's steps
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)

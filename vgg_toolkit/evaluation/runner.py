@@ -26,8 +26,11 @@ from ..contract.scale import TrainScale
 from ..data.errors import check_labels
 from ..errors import VggtkError
 from ..host.manager import get_host
+from ..runtime.console import plain
 from ..runtime.devices import mixed_precision
 from .metrics import confusion_matrix, per_class_accuracy, save_confusion_png, topk_errors
+
+LINE_EVERY = 30.0  # seconds between progress lines where no bar can be drawn
 
 
 def get_evaluator(name: str, **options) -> Callable:
@@ -240,6 +243,7 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
         raise VggtkError(f"{len(class_names)} class names for {counts.pop()}-class nets")
     console = console or Console(stderr=True)
     show = console.is_terminal if progress is None else progress
+    lines, said = progress is None and not console.is_terminal, time.perf_counter()
     devices = {next((p.device for p in m.parameters()), torch.device("cpu")) for m in models}
 
     all_posteriors: list[torch.Tensor] = []
@@ -267,6 +271,10 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
             all_labels.append(labels.cpu())
             done += n
             bar.update(task, advance=n, rate=f"{done / seconds:.1f} img/s" if seconds > 0 else "")
+            if lines and time.perf_counter() - said > LINE_EVERY:
+                said = time.perf_counter()  # no bar off a terminal: a line every LINE_EVERY seconds
+                console.print(plain(f"eval {_describe(evaluator)}: {done}/{total} images, "
+                                    f"{done / max(seconds, 1e-9):.1f} img/s"), soft_wrap=True, highlight=False)
     if not all_posteriors:
         raise VggtkError("no images to evaluate: the data is empty")
     posteriors = torch.cat(all_posteriors)

@@ -91,6 +91,9 @@ class TrainReporter:
             if self.task is None:
                 self.task = self.progress.add_task("train", total=self.total, **fields)
             self.progress.update(self.task, completed=state["batch_in_epoch"], **fields)
+            if not self.console.is_terminal:  # no bar is drawn into a pipe or a log file: a line instead
+                say(f"epoch {fields['epoch']} step {state['batch_in_epoch']}/{self.total}: loss {fields['loss']:.4f}, "
+                    f"lr {fields['lr']:.2g}, {fields['ips']:.0f} img/s")
         elif event == "epoch":
             self._log({"event": "epoch", **state})
             self.history = [*self.history, state]
