@@ -148,3 +148,17 @@ def test_a_killed_run_leaves_marked_debris_that_the_next_run_removes(tmp_path):
     assert create(src, out).exit_code == 0
     assert not staging.exists() and (tmp_path / ".out.somebody-else").is_dir()
     assert Manifest.load(out).samples("train") == 160
+
+
+def test_a_class_folder_with_no_images_is_named_not_made_a_class(tmp_path):
+    """An empty subfolder, or the command's own output written inside the source folder, would become a
+    class no image has."""
+    src = image_folder_of(tmp_path / "src")
+    inside = src / "out"
+    assert create(src, inside).exit_code == 0  # the first run: out/ did not exist yet
+    again = create(src, inside)
+    assert again.exit_code == 2 and f"{inside}: a class folder with no images" in again.output.replace("\n", "")
+    assert "write the shards outside the source folder" in again.output.replace("\n", "")
+    (src / "empty").mkdir()
+    result = create(src, tmp_path / "elsewhere")
+    assert result.exit_code == 2 and "2 such folders: empty, out" in result.output.replace("\n", "")

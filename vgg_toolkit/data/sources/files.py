@@ -93,6 +93,14 @@ def image_folder(root: str | Path) -> Source:
                     found.append((path, index[cls], split, str(path.relative_to(root).with_suffix(""))))
     if not found:
         raise VggtkError(f"{root}: no images in the class subfolders")
+    used = {label for _, label, _, _ in found}
+    empty = [c for c in classes if index[c] not in used]
+    if empty:  # it would become a class no image has: a net with an output nothing trains
+        folder = next(base / empty[0] for base, _ in bases if (base / empty[0]).is_dir())
+        why = (" (it holds a vggtk shard set: write the shards outside the source folder)"
+               if (folder / "manifest.json").is_file() else "")
+        raise VggtkError(f"{folder}: a class folder with no images{why}; remove it or add its images"
+                         + (f" ({len(empty)} such folders: {', '.join(empty[:5])})" if len(empty) > 1 else ""))
     keys = _unique_keys([f[3] for f in found])
     refs = [FileRef(k, str(p), label, split) for k, (p, label, split, _) in zip(keys, found)]
     return Source(root.name, classes, refs, info={"source": {"kind": "image folder", "path": root.name}})
