@@ -303,6 +303,9 @@ def test_protocol_two_picks_its_merge_threshold_on_val_and_takes_a_given_one(cla
     missing = vggtk("eval", scr_net, "--data", SHARDS, "--task", "localisation", "--methods", "dense",
                     "--out", tmp_path / "m.json")
     assert missing.exit_code == 2 and "--classifier" in missing.stderr
+    untasked = vggtk("eval", scr_net, "--data", SHARDS, "--limit", 5, "--out", tmp_path / "u.json")
+    assert untasked.exit_code == 2 and f"{scr_net}: a net with the scr head, for the localisation task: evaluate " \
+        "it with --task localisation" in untasked.stderr.replace("\n", "")
     cam = vggtk("eval", scr_net, "--data", SHARDS, "--task", "localisation", "--methods", "gradcam-box",
                 "--classifier", classifier, "--limit", 8, "--out", tmp_path / "cam.json")
     assert cam.exit_code == 0, cam.output

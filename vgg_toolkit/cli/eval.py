@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from ..contract.model import find_model_info
 from ..contract.scale import parse_test_scales
 from ..data.bundled import resolve_data
 from ..data.errors import check_policy
@@ -103,6 +104,12 @@ def eval_command(
         else:
             console.print(f"results written to {out}", markup=False, highlight=False)
         return
+    for model, path in zip(models, paths):  # a net of another task would fail on its outputs' count
+        head = getattr(find_model_info(model), "head", "classification")
+        other = get_host().registry("heads").get(head).info.get("task", "classification") if head else None
+        if other not in (None, "classification"):
+            raise VggtkError(f"{path}: a net with the {head} head, for the {other} task: evaluate it with "
+                             f"--task {other}")
     results = evaluate_on_shards(models, manifest, split, names or CLASSIFICATION_METHODS, options,
                                  batch_size=batch_size, workers=workers, on_error=on_error, limit=limit,
                                  console=console, names=[str(p) for p in paths])
