@@ -370,9 +370,17 @@ def _check_same_identity(saved: dict, ours: dict, ckpt: Path) -> None:
                          "or start a new --run-dir")
 
 
+_LAYOUT_NAMES = {"workers": "--workers", "world_size": "ranks"}
+
+
+def _layout_value(key: str, value) -> str:
+    return "0 or 1" if key == "workers" and value == 1 else str(value)  # one reader either way
+
+
 def _check_layout(saved: dict, ours: dict, ckpt: Path) -> None:
     changed = [k for k in ours if k in saved and saved[k] != ours[k]]
     if changed:
-        detail = ", ".join(f"{k} {saved[k]} (this run: {ours[k]})" for k in changed)
+        detail = ", ".join(f"{_LAYOUT_NAMES.get(k, k)} {_layout_value(k, saved[k])} (this run: "
+                           f"{_layout_value(k, ours[k])})" for k in changed)
         raise VggtkError(f"{ckpt} stopped mid-epoch with {detail}; resume with the same, since this data source "
                          "cannot re-split a started epoch")
