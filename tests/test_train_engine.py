@@ -200,7 +200,7 @@ def test_init_from_a_copies_the_first_four_convs_and_the_fcs_into_d(tmp_path):
 def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(tmp_path):
     plan, source = tiny_run(128, 32, epochs=1, batch_size=32, log_every=1)
     train(plan, source, tmp_path)
-    with pytest.raises(VggtkError, match="already holds checkpoints of another run"):
+    with pytest.raises(VggtkError, match="already holds checkpoints, and --resume none starts afresh"):
         train(plan, source, tmp_path, resume=None)
 
 

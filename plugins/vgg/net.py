@@ -129,8 +129,10 @@ class VGG(nn.Module):
             raise VggtkError(f"input_size must be a positive multiple of 32 (five 2x2 pools), got {input_size}")
         if init not in INITS:
             raise VggtkError(f"unknown init {init!r}; known: {', '.join(INITS)}")
-        if width <= 0 or num_classes < 1 or in_chans < 1 or fc_dim < 1:
-            raise VggtkError("width, num_classes, in_chans and fc_dim must be positive")
+        for name, value, bad in (("width", width, width <= 0), ("num_classes", num_classes, num_classes < 1),
+                                 ("in_chans", in_chans, in_chans < 1), ("fc_dim", fc_dim, fc_dim < 1)):
+            if bad:
+                raise VggtkError(f"{name} must be positive, got {value}")
         self.config, self.batch_norm, self.lrn, self.input_size = config, batch_norm, lrn, input_size
         blocks: list[tuple[str, nn.Module]] = []
         layers: list[tuple[str, nn.Module]] = []

@@ -172,8 +172,8 @@ class _Run:
                 raise VggtkError(f"{ckpt}: not a complete checkpoint directory (no state.json)")
             return ckpt
         if latest_checkpoint(self.run_dir) is not None:
-            raise VggtkError(f"{self.run_dir} already holds checkpoints of another run: resume it, or train into a "
-                             "new --run-dir (or delete that one)")
+            raise VggtkError(f"{self.run_dir} already holds checkpoints, and --resume none starts afresh: resume "
+                             "them (--resume auto), or train into a new --run-dir")
         return None
 
     # -- the loop --------------------------------------------------------------------------------
