@@ -169,7 +169,7 @@ CASES = [
                                          "--run-dir", "{w}/r3"], "--scale-min and --scale-max"),
     ("train with dropout 1.5", ["train", "--data", "{shards}", "--dropout", "1.5", "--run-dir", "{w}/r3"], "dropout"),
     ("train a net larger than memory", ["train", "--data", "{shards}", "--fc-dim", "1000000000", "--batch-size", "8", "--run-dir",
-                                        "{w}/r3"], "fc_dim=1000000000"),
+                                        "{w}/r3"], "fc_dim=1000000000, init=kaiming: its parameters do not fit"),
     ("train a word of epochs", ["train", "--data", "{shards}", "--epochs", "abc"], "--epochs"),
     ("train with an unknown option", ["train", "--nosuch"], "--nosuch"),
     ("train into a file", ["train", "--data", "{shards}", "--run-dir", "{user}/notes.txt"], "notes.txt"),

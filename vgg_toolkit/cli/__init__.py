@@ -14,6 +14,7 @@ from ..version import __version__
 from ..errors import VggtkError
 from ..host.manager import get_host
 from ..runtime.console import one_line
+from ..runtime.memory import is_out_of_memory
 
 
 def _version(value: bool):
@@ -72,19 +73,13 @@ def _guard(callback):
             where = f"{exc.filename}: " if exc.filename else ""
             say_error(f"{where}{exc.strerror or exc}")
         except (MemoryError, RuntimeError) as exc:  # the allocator's refusal: a request too large, said so
-            if not _out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             say_error(f"out of memory ({one_line(str(exc)).split(' (')[0][:200]}): ask for less (a smaller batch, "
                       "input size or model)")
         raise typer.Exit(code=2)
 
     return guarded
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
 
 
 def _guard_commands(app: typer.Typer) -> None:

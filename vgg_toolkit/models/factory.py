@@ -6,7 +6,6 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-import os
 import types
 import typing
 from typing import Any, Mapping
@@ -19,6 +18,7 @@ from ..contract.options import check_value
 from ..errors import VggtkError
 from ..host.manager import get_host
 from ..host.registry import Entry
+from ..runtime.memory import is_out_of_memory
 
 DATA_KEYWORDS = ("in_chans", "input_size")  # every factory takes these; they come from the data
 
@@ -98,31 +98,20 @@ def create_model(name: str, num_classes: int = 1000, **options) -> nn.Module:
     """
     entry = architecture(name)
     options = check_options(entry.name, options)
-    _check_fits_memory(entry, num_classes, options)
     try:
         model = entry.factory(num_classes=num_classes, **options)
     except (ValueError, TypeError) as exc:  # a value the factory refuses, e.g. a dropout of 1.5
         raise VggtkError(f"architecture {entry.name!r} refused its options {options}: {exc}") from None
+    except (MemoryError, RuntimeError) as exc:
+        # Parameters larger than the machine's memory: the allocator refuses at once. (Counting them on
+        # the meta device first would import torch._dynamo, over a second, into every command.)
+        if not is_out_of_memory(exc):
+            raise
+        shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "default options"
+        raise VggtkError(f"architecture {entry.name!r} with {shown}: its parameters do not fit in this machine's "
+                         "memory") from None
     input_size = options.get("input_size", entry.info.get("input_size", 224))
     return set_model_info(model, ModelInfo(entry.name, {"num_classes": num_classes, **options}, int(input_size)))
-
-
-def _check_fits_memory(entry, num_classes: int, options: Mapping[str, Any]) -> None:
-    """Count the parameters on the meta device first (no memory): a model larger than this machine's
-    memory is said in one line naming its options, not left to the allocator's traceback."""
-    if torch.get_default_device().type == "meta":
-        return  # this build takes no memory either
-    try:
-        with torch.device("meta"):
-            probe = entry.factory(num_classes=num_classes, **options)
-        count = sum(t.numel() for t in [*probe.parameters(), *probe.buffers()])
-    except Exception:  # a factory that cannot build on meta: its real build reports for itself
-        return
-    need, have = count * 4, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have:
-        shown = ", ".join(f"{k}={v}" for k, v in options.items()) or "default options"
-        raise VggtkError(f"architecture {entry.name!r} with {shown} has {count:,} parameters, {need / 2**30:,.1f} GiB "
-                         f"as float32: more than this machine's {have / 2**30:,.1f} GiB of memory")
 
 
 def list_models() -> list[str]:

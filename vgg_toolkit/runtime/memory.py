@@ -1,6 +1,7 @@
-"""Keeping freed memory in the process on CPU: glibc hands large freed blocks (a step's activations)
-back to the operating system, and the next step faults every page of them back in, one by one; on a
-2-core CPU that cost a tenth of a small net's training step."""
+"""Process memory. Keeping freed memory in the process on CPU: glibc hands large freed blocks (a step's
+activations) back to the operating system, and the next step faults every page of them back in, one by
+one; on a 2-core CPU that cost a tenth of a small net's training step. And telling the allocator's
+refusal, a request too large, from other errors."""
 
 from __future__ import annotations
 
@@ -32,3 +33,10 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_THRESHOLD, _KEEP), (_M_TRIM_THRESHOLD, _KEEP), (_M_TOP_PAD, _PAD)))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """The allocator's refusal (CPU or GPU): a request too large, which is the user's to change."""
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
