@@ -101,6 +101,19 @@ def test_corrupt_jpeg(tmp_path, workers):
     assert code == 1 and "skipped 1 bad sample(s): 1 corrupt image" in out and f"{bad.key}.jpg" in out
 
 
+def test_a_shard_that_fails_its_checksum_counts_its_samples_as_training_would(tmp_path):
+    """Under skip, training drops every sample of a shard whose sha256 does not match; verify says as many."""
+    write_set(tmp_path, real_records(6))
+    shard = tmp_path / "train-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF  # same size, other bytes
+    shard.write_bytes(bytes(data))
+    code, out = cli("verify", tmp_path, "--on-error", "skip")
+    assert code == 1 and "skipped 4 bad sample(s): 4 checksum mismatch" in out, out
+    keys, skipped = read(tmp_path, "skip")
+    assert len(keys) == 2 and skipped.counts == {"checksum mismatch": 4}
+
+
 def test_missing_cls(tmp_path):
     records = real_records(4)
     write_set(tmp_path, records)

@@ -117,7 +117,9 @@ def verify(manifest: Manifest, splits: list[str] | None = None, on_error: str = 
                     raise DataError(f"holds {n} samples, the manifest says {info.samples}", shard=str(path),
                                     kind="wrong sample count")
             except DataError as err:
-                handle(err, on_error, report.skipped)
+                handle(err, on_error, None)
+                for _ in range(max(1, info.samples - n)):  # the rest of the shard is lost, as training counts it
+                    report.skipped.add(err)
                 status = err.kind
                 if progress is not None and n < info.samples:
                     progress(info.samples - n)
