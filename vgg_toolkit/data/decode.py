@@ -187,13 +187,18 @@ def dct_reduction(box, size) -> int:
     return 1 << max(0, min(3, int(math.floor(math.log2(step))) if step >= 2 else 0))
 
 
+def whole_pixel_region(box, iw: int, ih: int) -> tuple[int, int, int, int]:
+    """The region of whole pixels nearest ``box`` (pixel edges) in an ``iw`` x ``ih`` image, at least one
+    pixel: the content then moves by at most half a source pixel. The device decode takes the same."""
+    left, top = min(max(0, round(box[0])), iw - 1), min(max(0, round(box[1])), ih - 1)
+    right, bottom = max(left + 1, min(iw, round(box[2]))), max(top + 1, min(ih, round(box[3])))
+    return left, top, right, bottom
+
+
 def _resample_region(img: Image.Image, box, w: int, h: int):
     """Resample the whole-pixel region nearest ``box`` to (w, h) with torch's antialiased bilinear
     filter (several times faster than PIL's on uint8). Returns the tensor and the region used."""
-    iw, ih = img.size
-    # The nearest whole pixels: the content then moves by at most half a source pixel.
-    left, top = min(max(0, round(box[0])), iw - 1), min(max(0, round(box[1])), ih - 1)
-    right, bottom = max(left + 1, min(iw, round(box[2]))), max(top + 1, min(ih, round(box[3])))
+    left, top, right, bottom = whole_pixel_region(box, *img.size)
     region = torch.from_numpy(np.array(img.crop((left, top, right, bottom))))  # unpacks only the region
     x = region.permute(2, 0, 1)[None] if region.ndim == 3 else region[None, None]
     out = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0].contiguous()

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .decode import LazyImage, _saturating_add, _to_tensor, dct_reduction
+from .decode import LazyImage, _saturating_add, _to_tensor, dct_reduction, whole_pixel_region
 from .errors import DataError
 
 # encoded images (uint8, 1-D, on the CPU), 1 or 3 channels, a device -> uint8 (C, H, W) images on that
@@ -166,9 +166,7 @@ def _geometry(image: torch.Tensor, pending: PendingDecode, i: int) -> torch.Tens
     if reduce > 1:
         image = F.avg_pool2d(image[None].float(), reduce, ceil_mode=True)[0].round_().to(torch.uint8)
     ih, iw = image.shape[-2:]
-    left, top, right, bottom = (v / reduce for v in pending.box[i])
-    left, top = min(max(0, round(left)), iw - 1), min(max(0, round(top)), ih - 1)
-    right, bottom = max(left + 1, min(iw, round(right))), max(top + 1, min(ih, round(bottom)))
+    left, top, right, bottom = whole_pixel_region([v / reduce for v in pending.box[i]], iw, ih)
     region = image[:, top:bottom, left:right]
     if region.shape[-2:] != (h, w):
         region = F.interpolate(region[None].float(), size=(h, w), mode="bilinear", align_corners=False,

@@ -231,7 +231,6 @@ class ShardSource:
             images = flip_and_shift(images, geometry)
         return self.normalize(images)
 
-
     def _decode(self, batch: Batch, device: torch.device) -> torch.Tensor:
         decoder = self.decoder
         was_active, refused = decoder.active, decoder.refused
