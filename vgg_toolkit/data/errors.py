@@ -57,9 +57,10 @@ class SkipLog:
     examples: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, err: DataError) -> None:
+    def add(self, err: DataError, samples: int = 1) -> None:
+        """Count ``samples`` dropped for ``err`` (a shard's unread rest: all of them, one example)."""
         with self._lock:
-            self.counts[err.kind] += 1
+            self.counts[err.kind] += samples
             if len(self.examples) < self.keep:
                 self.examples.append(str(err))
 

@@ -118,8 +118,7 @@ def verify(manifest: Manifest, splits: list[str] | None = None, on_error: str = 
                                     kind="wrong sample count")
             except DataError as err:
                 handle(err, on_error, None)
-                for _ in range(max(1, info.samples - n)):  # the rest of the shard is lost, as training counts it
-                    report.skipped.add(err)
+                report.skipped.add(err, max(1, info.samples - n))  # the shard's rest is lost, as training counts it
                 status = err.kind
                 if progress is not None and n < info.samples:
                     progress(info.samples - n)

@@ -361,9 +361,8 @@ def _raw_in_pieces(pieces: Sequence[Piece], on_error: str, log: SkipLog | None, 
                                 shard=piece.shard.path, kind="truncated shard")
         except DataError as err:
             handle(err, on_error, None)
-            if log is not None:  # the rest of this piece is lost: count it, sample by sample
-                for _ in range(want - got):
-                    log.add(err)
+            if log is not None and want > got:  # the rest of this piece is lost: count every sample of it
+                log.add(err, want - got)
             for i in range(got, want):
                 yield base + i, _BAD
         base += want
