@@ -175,5 +175,6 @@ def main(argv=None) -> None:
         print(f"the same with --decode device (shard read, JPEG header, geometry; the decode on the device): "
               f"{best['workers, JPEGs left for the device']:.0f} images/s per core")
 
+
 if __name__ == "__main__":
     main()
