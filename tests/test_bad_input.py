@@ -14,6 +14,8 @@ from safetensors.torch import save_file
 
 from realdata import fashion_sample
 from vgg_toolkit.cli import main
+from vgg_toolkit.models.weights import save_safetensors
+from vgg_toolkit.runtime.files import save_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,6 +100,19 @@ def world(shards, trained, tmp_path_factory):
     (w / "typo.toml").write_text('[model]\nwidht = 0.5\n')
     (w / "features").mkdir()
     (w / "features" / "val.safetensors").write_text("the user's file, where a features file would go")
+    # vggtk's own files of other kinds, which no report may replace: a checkpoint, a shard set's manifest,
+    # a run's configuration and plot, evaluation results, features.
+    shutil.copytree(best, user / "ckpt")
+    (user / "set").mkdir()
+    shutil.copy(shards / "manifest.json", user / "set" / "manifest.json")
+    (user / "run").mkdir()
+    for name in ("config.json", "metrics.png"):
+        shutil.copy(trained[0] / name, user / "run" / name)
+    save_json(user / "results.json", {"results": []}, "evaluation results")
+    (user / "feat").mkdir()
+    shutil.copy(weights, user / "feat" / "val.safetensors")
+    save_safetensors({"features": torch.zeros(2, 3)}, user / "features.safetensors", {}, kind="features")
+    Image.fromarray(images[0][0].numpy()).save(w / "photo.png")
     return w, user
 
 
@@ -215,6 +230,31 @@ CASES = [
                                              "{user}/notes.txt"], "notes.txt"),
     ("compare writing JSON over a user's file", ["compare", "vgg-a", "--out", "{user}/eval.json"], "eval.json"),
     ("compare a crafted wide record", ["compare", "{w}/huge", "--no-timing"], "model.safetensors"),
+    # an output path holding vggtk's own file of another kind
+    ("eval over a checkpoint's weights", ["eval", "{run}/best", "--data", "{shards}", "--out",
+                                          "{user}/ckpt/model.safetensors"], "holds vggtk's weights"),
+    ("eval over a checkpoint's state", ["eval", "{run}/best", "--data", "{shards}", "--out", "{user}/ckpt/state.json"],
+     "holds vggtk's checkpoint state"),
+    ("eval over a manifest", ["eval", "{run}/best", "--data", "{shards}", "--out", "{user}/set/manifest.json"],
+     "holds vggtk's shard manifest"),
+    ("eval over a run's config", ["eval", "{run}/best", "--data", "{shards}", "--out", "{user}/run/config.json"],
+     "holds vggtk's run configuration"),
+    ("eval's confusion over a run's plot", ["eval", "{run}/best", "--data", "{shards}", "--out", "{w}/e2.json",
+                                            "--confusion", "{user}/run/metrics.png"], "holds vggtk's training plot"),
+    ("predict over a manifest", ["predict", "{run}/best", "{w}/photo.png", "--out", "{user}/set/manifest.json"],
+     "manifest.json: holds vggtk's shard manifest"),
+    ("predict over eval's results", ["predict", "{run}/best", "{w}/photo.png", "--out", "{user}/results.json"],
+     "results.json: holds vggtk's evaluation results"),
+    ("inspect's sheet over a run's plot", ["shards", "inspect", "{shards}", "--sheet", "{user}/run/metrics.png"],
+     "metrics.png: holds vggtk's training plot"),
+    ("compare's chart over a run's plot", ["compare", "{run}/best", "--results", "{user}/results.json", "--chart",
+                                           "{user}/run/metrics.png", "--no-timing"], "metrics.png"),
+    ("compare's table over eval's results", ["compare", "vgg-a", "--out", "{user}/results.json", "--no-timing"],
+     "results.json: holds vggtk's evaluation results"),
+    ("features over a weights file", ["extract-features", "{run}/best", "--data", "{shards}", "--splits", "val",
+                                      "--out", "{user}/feat"], "val.safetensors: holds vggtk's weights"),
+    ("convert over a features file", ["convert", "{run}/best", "{user}/features.safetensors"],
+     "features.safetensors: holds vggtk's features"),
     ("compare with a factory option no net takes", ["compare", "vgg-a", "--option", "depth=50", "--no-timing"],
      "depth"),
 ]

@@ -42,7 +42,7 @@ from .models.trained import initialise_from, load_trained
 from .models.weights import load_weights, read_model_info, save_safetensors, save_weights
 from .runtime.console import one_line, plain, print_table
 from .runtime.devices import mixed_precision, pick_device
-from .runtime.files import atomic_file, check_output_file, write_text
+from .runtime.files import atomic_file, check_output_file, mark, png_mark, save_json, save_png, write_text
 from .version import __version__
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "check_fits_data", "check_same_classes", "normalising_mean", "print_results", "write_json", "topk_errors", "topk_misses",
     "DescribedEvaluator", "ScaledEvaluator",
     # devices, files, output
-    "pick_device", "mixed_precision", "atomic_file", "write_text", "check_output_file", "plain", "one_line", "print_table",
+    "pick_device", "mixed_precision", "atomic_file", "write_text", "save_json", "save_png", "mark", "png_mark",
+    "check_output_file", "plain", "one_line", "print_table",
     "__version__",
 ]

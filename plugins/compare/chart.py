@@ -7,6 +7,8 @@ from pathlib import Path
 
 import vgg_toolkit as vt
 
+CHART_KIND = "comparison chart"
+
 SIZE_BY = {"params": ("parameters", "parameters (M)", 1e-6), "memory": ("activation_mb", "activations (MB/image)", 1.0)}
 
 
@@ -36,5 +38,5 @@ def draw(points: list[dict], target: Path, size_by: str, title: str) -> None:
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     with vt.atomic_file(target) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": "vggtk"})
+        fig.savefig(tmp, format="png", metadata=vt.png_mark(CHART_KIND))
     plt.close(fig)

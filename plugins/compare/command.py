@@ -4,7 +4,6 @@ arithmetic for stacks of 3x3 layers."""
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -15,7 +14,7 @@ from rich.table import Table
 
 import vgg_toolkit as vt
 
-from .chart import draw
+from .chart import CHART_KIND, draw
 from .measure import measure, subject
 from .results import accuracy_for
 from .stack import stack_lines
@@ -62,9 +61,9 @@ def compare(
     options = dict(parse_option(o) for o in option or [])
     files = list(results or [])
     if files:
-        vt.check_output_file(chart, "chart")
+        vt.check_output_file(chart, CHART_KIND)
     if out is not None:
-        vt.check_output_file(out, "JSON table")
+        vt.check_output_file(out, "comparison table")
     dev = vt.pick_device(device)
     console = Console(soft_wrap=True)
     rows = []
@@ -92,8 +91,7 @@ def compare(
     elif files:
         raise vt.VggtkError("no net of the comparison has results in the --results files")
     if out is not None:
-        vt.write_text(out, json.dumps({"written_by": "vggtk", "device": str(dev), "batch_size": batch_size,
-                                       "rows": rows}, indent=1) + "\n")
+        vt.save_json(out, {"device": str(dev), "batch_size": batch_size, "rows": rows}, "comparison table", indent=1)
 
 
 def _run_name(label: str) -> str:

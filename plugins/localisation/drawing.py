@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
-from PIL.PngImagePlugin import PngInfo
 
 import vgg_toolkit as vt
 
@@ -19,6 +18,8 @@ METHOD_COLOURS = [(230, 159, 0), (86, 180, 233), (204, 121, 167), (213, 94, 0), 
 TILE_HEIGHT = 200
 COLUMNS = 4
 LINE = 14
+BOX_GRID = "box grid"  # eval --task localisation --boxes-png
+DRAWING = "drawing"  # predict --draw
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -32,14 +33,6 @@ def draw_box(canvas: ImageDraw.ImageDraw, box, colour, label: str = "", width: i
     canvas.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=colour, width=width)
     if label:
         canvas.text((max(0.0, x1) + 2, max(0.0, y1) + 2), vt.one_line(label), fill=colour)
-
-
-def save_png(image: Image.Image, target: Path) -> None:
-    """Atomically, marked as vggtk's so a later run may replace it (and nothing else)."""
-    info = PngInfo()
-    info.add_text("Software", "vggtk")
-    with vt.atomic_file(target) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
 
 
 def box_grid(samples: list, methods: list[tuple[str, list]], classes: list[str], target: Path) -> None:
@@ -90,4 +83,4 @@ def box_grid(samples: list, methods: list[tuple[str, list]], classes: list[str],
             sheet.paste(tile, (x, y))
             x += tile.width + 4
         y += max(t.height for t in row) + 4
-    save_png(sheet, target)
+    vt.save_png(sheet, target, BOX_GRID)

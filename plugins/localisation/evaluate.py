@@ -28,7 +28,7 @@ from rich.table import Table
 import vgg_toolkit as vt
 
 from .dense import candidates, merge
-from .drawing import box_grid
+from .drawing import BOX_GRID, box_grid
 from .scoring import localised
 
 METHODS = ("center", "center-box")  # "dense" needs --classifier, so it runs when asked for
@@ -298,7 +298,7 @@ def localisation_task(request: vt.EvalRequest) -> dict:
                             f"{', '.join(RUNNERS)}")
     grid = request.plugin_options.get("boxes_png")
     if grid is not None:
-        grid = vt.check_output_file(grid, "box grid")
+        grid = vt.check_output_file(grid, BOX_GRID)
     results = [result for m in methods for result in RUNNERS[m](request)]
     table = Table(title=vt.plain(f"{request.manifest.title} / {request.split}: "
                                  "localisation error (%)"))

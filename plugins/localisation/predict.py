@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,9 +16,10 @@ from rich.table import Table
 
 import vgg_toolkit as vt
 
-from .drawing import draw_box, save_png, to_pil
+from .drawing import DRAWING, draw_box, to_pil
 from .evaluate import HEADS
 
+PREDICTIONS = "predictions"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -60,7 +60,7 @@ def predict_command(
                             "or a .safetensors file)")
     images = image_files([p for p in paths if not is_checkpoint(p)])
     if out is not None:
-        vt.check_output_file(out, "predictions")
+        vt.check_output_file(out, PREDICTIONS)
     if draw is not None and draw.exists() and not draw.is_dir():
         raise vt.VggtkError(f"--draw {draw}: is a file; give a folder")
     dev = vt.pick_device(device)
@@ -154,11 +154,11 @@ def _write(out: Path, rows: list[dict]) -> None:
                 writer.writerow([row["image"], rank, top["class"], top["probability"], *(box if rank == 1 else [""] * 4)])
         vt.write_text(out, text.getvalue())
     else:
-        vt.write_text(out, json.dumps({"written_by": "vggtk", "predictions": rows}, indent=2) + "\n")
+        vt.save_json(out, {"predictions": rows}, PREDICTIONS)
 
 
 def _draw(path: Path, row: dict, target: Path) -> None:
-    vt.check_output_file(target, "drawing")
+    vt.check_output_file(target, DRAWING)
     image = to_pil(vt.read_image(path, 3))
     canvas = ImageDraw.Draw(image)
     label = f"{row['top5'][0]['class']} {row['top5'][0]['probability']:.2f}"
@@ -166,4 +166,4 @@ def _draw(path: Path, row: dict, target: Path) -> None:
         draw_box(canvas, row["box"]["xyxy"], (255, 0, 0), label, width=max(1, min(image.size) // 100))
     else:
         canvas.text((2, 2), vt.one_line(label), fill=(255, 0, 0))
-    save_png(image, target)
+    vt.save_png(image, target, DRAWING)

@@ -11,7 +11,7 @@ from rich.console import Console
 
 import vgg_toolkit as vt
 
-from .extract import extract_on_shards, read_features, write_features
+from .extract import FEATURES_KIND, extract_on_shards, read_features, write_features
 from .features import COMBINES
 from .linear_probe import probe
 
@@ -53,7 +53,7 @@ def extract_features(
     if out.exists() and not out.is_dir():
         raise vt.VggtkError(f"--out {out}: is a file; give a folder for the features")
     for split in wanted:  # said before any work: a file there that vggtk did not write is not replaced
-        vt.check_output_file(out / f"{split}.safetensors", f"{split} features")
+        vt.check_output_file(out / f"{split}.safetensors", FEATURES_KIND)
     console = Console(soft_wrap=True)
     dev = vt.pick_device(device)
     paths = checkpoints or [DEFAULT_CHECKPOINT]

@@ -14,6 +14,8 @@ import vgg_toolkit as vt
 
 from .features import descriptor_scales, image_descriptors, stacked
 
+FEATURES_KIND = "features"
+
 
 def extract_on_shards(models: Sequence[torch.nn.Module], manifest: vt.Manifest, split: str, *, scales=None,
                       tap: str = "fc7", flip: bool = True, combine: str = "average", batch_size: int = 64,
@@ -53,7 +55,8 @@ def write_features(result: dict, path: Path, meta: dict) -> Path:
     """``features`` and ``labels`` tensors, sample keys and settings in the metadata; written atomically."""
     metadata = {"keys": json.dumps(result["keys"]), "classes": json.dumps(result["classes"]),
                 "scales": json.dumps(result["scales"]), **{k: json.dumps(v) for k, v in meta.items()}}
-    return vt.save_safetensors({"features": result["features"], "labels": result["labels"]}, path, metadata)
+    return vt.save_safetensors({"features": result["features"], "labels": result["labels"]}, path, metadata,
+                               kind=FEATURES_KIND)
 
 
 def read_features(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:

@@ -16,12 +16,13 @@ from ..data.errors import check_policy
 from ..data.shards.manifest import Manifest
 from ..errors import VggtkError
 from ..evaluation.on_shards import evaluate_on_shards
-from ..evaluation.report import print_results, results_json, write_json
+from ..evaluation.metrics import CONFUSION_KIND
+from ..evaluation.report import RESULTS_KIND, print_results, results_json, write_json
 from ..models.trained import load_trained
 from ..runtime.devices import pick_device
 from ..contract.task import EvalRequest
 from ..host.manager import get_host
-from ..runtime.files import check_output_file, write_text
+from ..runtime.files import check_output_file, mark, save_json
 from ..version import __version__
 from .options import with_plugin_options
 
@@ -84,9 +85,9 @@ def eval_command(
     options = {"multi_scale": multi_scale, **({"scales": flag_value("--scales", parse_test_scales, scales)}
                                               if scales is not None else {})}
     evaluate = get_host().registry("tasks").get(task).factory if task != "classification" else None
-    check_output_file(out, "JSON results")
+    check_output_file(out, RESULTS_KIND)
     if confusion is not None:
-        check_output_file(confusion, "confusion matrix")
+        check_output_file(confusion, CONFUSION_KIND)
     manifest = Manifest.load(resolve_data(data))
     manifest.split(split)
     dev = pick_device(device)
@@ -97,8 +98,8 @@ def eval_command(
     if evaluate is not None:
         request = EvalRequest(models, [str(p) for p in paths], manifest, split, names, options, batch_size, workers,
                               on_error, limit, console, plugin_options or {})
-        payload = {"written_by": "vggtk", "vggtk_version": __version__, "task": task, **extra, **evaluate(request)}
-        write_text(out, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        payload = {**mark(RESULTS_KIND), "vggtk_version": __version__, "task": task, **extra, **evaluate(request)}
+        save_json(out, payload, RESULTS_KIND)
         if as_json:
             print(json.dumps(payload, indent=2, allow_nan=False))
         else:

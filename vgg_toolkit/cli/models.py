@@ -158,7 +158,7 @@ def convert(
         raise VggtkError(f"{src}: no such weights file or checkpoint")
     if dst.exists() and dst.resolve() == src.resolve():
         raise VggtkError(f"{dst}: is the file being converted; write the conversion to another name")
-    check_output_file(dst, "converted weights")
+    check_output_file(dst, "weights")
     recorded = read_model_info(src)
     if recorded is not None and arch is None and not model:
         net = create_model(recorded.arch, **recorded.options)

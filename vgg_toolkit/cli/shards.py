@@ -13,6 +13,7 @@ from rich.table import Table
 from ..errors import VggtkError
 from ..data.errors import SkipLog
 from ..runtime.console import one_line, plain, print_table
+from ..data.shards.inspection import CONTACT_SHEET
 from ..runtime.files import check_output_file
 
 app = typer.Typer(help="Write, inspect and verify WebDataset shards.", no_args_is_help=True,
@@ -135,7 +136,7 @@ def inspect(
     manifest.split(split)
     if count < 1:
         raise VggtkError(f"--count: must be at least 1, got {count}")
-    sheet = check_output_file(sheet or Path(f"{manifest.name or 'shards'}-{split}-sheet.png"), "contact sheet")
+    sheet = check_output_file(sheet or Path(f"{manifest.name or 'shards'}-{split}-sheet.png"), CONTACT_SHEET)
     counts = {s: class_counts(manifest, s) for s in manifest.splits}
     written = contact_sheet(manifest, split, sheet, count=count)
     table = Table(title=plain(f"{manifest.name} ({manifest.location}): {manifest.channels}-channel images, "

@@ -16,7 +16,7 @@ import torch
 from ..data.errors import check_labels
 from ..errors import VggtkError
 from ..runtime.console import one_line
-from ..runtime.files import WRITTEN_BY, atomic_file
+from ..runtime.files import atomic_file, png_mark
 
 
 def _check(posteriors: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +77,9 @@ def confusion_matrix(posteriors_or_predictions: torch.Tensor, labels: torch.Tens
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+CONFUSION_KIND = "confusion matrix"
+
+
 def per_class_accuracy(confusion: torch.Tensor) -> torch.Tensor:
     """Top-1 accuracy of each true class (float64); NaN for a class with no images."""
     confusion = confusion.double()
@@ -119,5 +122,5 @@ def save_confusion_png(confusion: torch.Tensor, path: str | os.PathLike,
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": WRITTEN_BY})
+        fig.savefig(tmp, format="png", metadata=png_mark(CONFUSION_KIND))
     return Path(path)

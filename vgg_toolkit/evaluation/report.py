@@ -12,8 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..runtime.console import plain, print_table
-from ..runtime.files import write_text
+from ..runtime.files import mark, write_text
 from .runner import EvalResult
+
+RESULTS_KIND = "evaluation results"  # what eval's --out holds, whatever the task
 
 
 def results_table(results: Sequence[EvalResult], title: str | None = None) -> Table:
@@ -42,7 +44,7 @@ def print_results(results: Sequence[EvalResult], console: Console | None = None,
 def results_json(results: Sequence[EvalResult], per_class: bool = False, extra: dict | None = None) -> dict:
     from ..version import __version__
 
-    return {"written_by": "vggtk", "vggtk_version": __version__, "error_unit": "percent", **(extra or {}),
+    return {**mark(RESULTS_KIND), "vggtk_version": __version__, "error_unit": "percent", **(extra or {}),
             "results": [r.to_dict(per_class=per_class) for r in results]}
 
 

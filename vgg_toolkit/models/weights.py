@@ -18,7 +18,7 @@ from torch import nn
 
 from ..contract.model import ModelInfo, WeightLayouts, find_model_info
 from ..errors import WeightsError
-from ..runtime.files import WRITTEN_BY, atomic_file
+from ..runtime.files import atomic_file, mark
 
 INFO_KEY = "vggtk_model"
 
@@ -148,11 +148,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "vggtk
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                     metadata: Mapping[str, str]) -> Path:
-    """Tensors and string metadata as one safetensors file, written atomically, with vggtk's mark."""
+                     metadata: Mapping[str, str], kind: str = "weights") -> Path:
+    """Tensors and string metadata as one safetensors file, written atomically, with vggtk's mark of
+    ``kind``."""
     # safetensors refuses shared or non-contiguous storage; copies are small next to a disk write.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={**metadata, "written_by": WRITTEN_BY})
+        save_file(tensors, str(tmp), metadata={**metadata, **mark(kind)})
     return Path(path)
 

@@ -17,42 +17,74 @@ from ..errors import VggtkError
 
 TMP_TAG = ".vggtk-tmp-"  # in the name of every temporary file or folder vggtk makes
 WRITTEN_BY = "vggtk"  # the mark every file vggtk writes carries (JSON key, safetensors metadata, PNG text)
+KIND_KEY = "vggtk_kind"  # beside the mark: what the file holds; only a file of the same kind replaces it
+# Files that name their format instead of a kind (a shard set's manifest, weights from before kinds).
+_FORMAT_KINDS = {"vggtk-shards/": "shard manifest"}
 
 
-def written_by_vggtk(path: str | os.PathLike) -> bool:
-    """Whether the file at ``path`` carries vggtk's mark: only such a file may be replaced."""
+def mark(kind: str) -> dict[str, str]:
+    """The mark of a file of ``kind`` ("evaluation results", "weights"...), as JSON keys or safetensors
+    metadata."""
+    return {"written_by": WRITTEN_BY, KIND_KEY: kind}
+
+
+def png_mark(kind: str) -> dict[str, str]:
+    """The mark of a PNG of ``kind``, as PNG text chunks (matplotlib's ``savefig(metadata=...)``)."""
+    return {"Software": WRITTEN_BY, KIND_KEY: kind}
+
+
+def written_kind(path: str | os.PathLike) -> str | None:
+    """The kind of output the file at ``path`` holds, from its mark: None when vggtk did not write it, ""
+    when an earlier vggtk wrote it without saying what it is."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
             data = json.loads(path.read_text())
-            return isinstance(data, dict) and (data.get("written_by") == WRITTEN_BY
-                                               or str(data.get("format", "")).startswith("vggtk-"))
+            if not isinstance(data, dict):
+                return None
+            fmt = str(data.get("format", ""))
+            by_format = next((k for prefix, k in _FORMAT_KINDS.items() if fmt.startswith(prefix)), None)
+            if data.get("written_by") != WRITTEN_BY and by_format is None:
+                return None
+            return str(data.get(KIND_KEY) or by_format or "")
         if suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            return meta.get("written_by") == WRITTEN_BY or "vggtk_model" in meta
+            if meta.get("written_by") != WRITTEN_BY and "vggtk_model" not in meta:
+                return None
+            return meta.get(KIND_KEY) or ("weights" if "vggtk_model" in meta else "")
         if suffix == ".png":
             from PIL import Image
 
             with Image.open(path) as img:
-                return img.info.get("Software") == WRITTEN_BY
+                return str(img.info.get(KIND_KEY, "")) if img.info.get("Software") == WRITTEN_BY else None
     except Exception:  # unreadable, or not what its name says: not ours
-        return False
-    return False
+        return None
+    return None
 
 
-def check_output_file(path: str | os.PathLike, what: str = "output") -> Path:
-    """Refuse, before any work is done, a target that is a folder, sits under a file, or is a file vggtk
-    did not write (it is never overwritten)."""
+def written_by_vggtk(path: str | os.PathLike) -> bool:
+    """Whether the file at ``path`` carries vggtk's mark, whatever its kind."""
+    return written_kind(path) is not None
+
+
+def check_output_file(path: str | os.PathLike, kind: str) -> Path:
+    """Refuse, before any work is done, a target that is a folder, sits under a file, is a file vggtk did
+    not write, or holds another kind of vggtk output (a report never replaces weights or a manifest)."""
     path = Path(path)
     if path.is_dir():
-        raise VggtkError(f"{path}: is a folder; give a file name for the {what}")
-    if path.exists() and not written_by_vggtk(path):
-        raise VggtkError(f"{path}: exists and was not written by vggtk, so it is not replaced; move it away or "
-                         f"give another name for the {what}")
+        raise VggtkError(f"{path}: is a folder; give a file name for the {kind}")
+    if path.exists():
+        found = written_kind(path)
+        if found is None:
+            raise VggtkError(f"{path}: exists and was not written by vggtk, so it is not replaced; move it away or "
+                             f"give another name for the {kind}")
+        if found != kind:
+            held = f"vggtk's {found}" if found else "an earlier vggtk's output of no recorded kind"
+            raise VggtkError(f"{path}: holds {held}, which the {kind} does not replace; give another name")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -103,6 +135,23 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
+    return Path(path)
+
+
+def save_json(path: str | os.PathLike, payload: dict, kind: str, indent: int = 2) -> Path:
+    """``payload`` as JSON under the mark of ``kind``, atomically; NaN is refused, not written."""
+    return write_text(path, json.dumps({**mark(kind), **payload}, indent=indent, allow_nan=False) + "\n")
+
+
+def save_png(image, path: str | os.PathLike, kind: str) -> Path:
+    """A PIL image as a PNG under the mark of ``kind``, atomically."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in png_mark(kind).items():
+        info.add_text(key, value)
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
     return Path(path)
 
 

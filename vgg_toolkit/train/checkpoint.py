@@ -19,7 +19,7 @@ from ..contract.model import ModelInfo
 from ..errors import VggtkError
 from ..models.trained import WEIGHTS_NAME
 from ..models.weights import load_weights, save_weights
-from ..runtime.files import atomic_folder, remove_debris, written_by_vggtk
+from ..runtime.files import KIND_KEY, atomic_folder, mark, remove_debris, written_by_vggtk
 
 PREFIX = "ckpt-"
 BEST = "best"
@@ -84,9 +84,9 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
     with atomic_folder(final) as tmp:  # the same step saved twice (periodic, then epoch end) is replaced whole
         save_weights(model, tmp / WEIGHTS_NAME, info=info)
         tensors, meta = _optimizer_tensors(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(meta))
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        save_file(tensors, str(tmp / "optimizer.safetensors"), metadata=mark("optimizer state"))
+        (tmp / "optimizer.json").write_text(json.dumps({**mark("optimizer state"), **meta}))
+        (tmp / "state.json").write_text(json.dumps({**mark("checkpoint state"), **state}, indent=1))
     if is_best:
         with atomic_folder(run_dir / BEST) as tmp:
             shutil.copytree(final, tmp, dirs_exist_ok=True)
@@ -125,7 +125,7 @@ def read_state(ckpt: str | os.PathLike) -> dict:
                if not isinstance(state, dict) or k not in state]
     if missing:
         raise VggtkError(f"{path}: not a checkpoint state of this vggtk (missing {', '.join(missing)})")
-    return state
+    return {k: v for k, v in state.items() if k not in ("written_by", KIND_KEY)}
 
 
 def load_checkpoint(ckpt: str | os.PathLike, model: nn.Module) -> dict:

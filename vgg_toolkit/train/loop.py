@@ -32,7 +32,7 @@ from ..models.layers import global_rows
 from ..models.trained import initialise_from
 from ..runtime.devices import mixed_precision, pick_device
 from ..runtime.distributed import DistEnv, all_reduce_sum, broadcast_object, init_distributed, shutdown
-from ..runtime.files import WRITTEN_BY, write_text
+from ..runtime.files import save_json
 from ..runtime.memory import keep_freed_memory
 from ..runtime.seeding import derived_seed
 from .batches import BatchSource
@@ -157,8 +157,7 @@ class _Run:
         if self.config.compile:
             self.net = torch.compile(self.net)
         if self.env.is_main:
-            write_text(self.run_dir / "config.json",
-                       json.dumps({"written_by": WRITTEN_BY, **self.state["plan"]}, indent=1))
+            save_json(self.run_dir / "config.json", self.state["plan"], "run configuration", indent=1)
         return self
 
     def _checkpoint_to_resume(self, resume) -> Path | None:

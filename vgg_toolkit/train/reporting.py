@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from ..runtime.console import plain, print_table
-from ..runtime.files import WRITTEN_BY, atomic_file
+from ..runtime.files import atomic_file, png_mark
 
 
 
@@ -40,7 +40,7 @@ def plot_history(history: list[dict], path: Path) -> Path | None:
                 ax.axvline(h["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
     fig.tight_layout()
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": WRITTEN_BY})
+        fig.savefig(tmp, dpi=100, format="png", metadata=png_mark("training plot"))
     return path
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Callable
 
 from PIL import Image, ImageDraw
-from PIL.PngImagePlugin import PngInfo
 
 from ..decode import decode
 from ..errors import DataError, SkipLog, handle
-from ...runtime.files import WRITTEN_BY, atomic_file
+from ...runtime.files import save_png
 from .manifest import Manifest
 from .reader import ShardRef, check_shard, iter_raw, parse_sample
+
+CONTACT_SHEET = "contact sheet"
 
 
 def class_counts(manifest: Manifest, split: str) -> Counter:
@@ -67,10 +68,7 @@ def contact_sheet(manifest: Manifest, split: str, path: str | Path, count: int =
             draw.rectangle([x0 + x1, y0 + y1, x0 + x2 - 1, y0 + y2 - 1], outline=(255, 0, 0), width=2)
         name = manifest.classes[sample["label"]] if sample["label"] < manifest.num_classes else str(sample["label"])
         draw.text((x0 + 2, y0 + thumb), name[:16], fill=(0, 0, 0))
-    info = PngInfo()
-    info.add_text("Software", WRITTEN_BY)
-    with atomic_file(path) as tmp:
-        sheet.save(tmp, format="PNG", pnginfo=info)
+    save_png(sheet, path, CONTACT_SHEET)
     return Path(path)
 
 
@@ -100,7 +98,7 @@ def verify(manifest: Manifest, splits: list[str] | None = None, on_error: str = 
             status, n = "ok", 0
             try:
                 ref = ShardRef(path, info.samples, info.sha256, info.bytes)
-                check_shard(ref, "sha256")  # a local shard before it is read; a remote one as it streams
+                check_shard(ref, "sha256")  # a local shard here; a remote one when fetched
                 for raw in iter_raw(path, expect=ref):
                     n += 1
                     try:
