@@ -176,3 +176,76 @@ def test_a_shard_that_fails_its_check_is_not_cached(served, tmp_path, monkeypatc
     with pytest.raises(DataError):
         _batches(f"{url}/fm/manifest.json", augment="none")
     assert list((tmp_path / "cache").iterdir()) == []  # neither a copy nor a partial file stays
+
+
+def _flip_first_label(shard: Path) -> str:
+    """Change the first ``.cls`` member of an uncompressed shard in place (same size): a wrong label that
+    nothing but the checksum can tell. Returns the sample's key."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".cls"))
+    data = bytearray(shard.read_bytes())
+    digit = data[member.offset_data]
+    data[member.offset_data] = ord("1") if digit != ord("1") else ord("2")
+    shard.write_bytes(bytes(data))
+    return member.name.rsplit(".", 1)[0]
+
+
+def _keys(shard: Path) -> set:
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        return {m.name.rsplit(".", 1)[0] for m in tar.getmembers()}
+
+
+@pytest.fixture
+def changed(served, shards):
+    """(local folder, its URL, the changed shard's name and sample count): an uncompressed copy of the
+    test's set, served, one byte of the first of its three train shards changed (a label)."""
+    url, root = served
+    made = vggtk("shards", "create", shards.parent / "src", root / "plain", "--splits", "train=0.6,val=0.2,test=0.2",
+                 "--samples-per-shard", 50, "--compress", "no")
+    assert made.exit_code == 0, made.output
+    manifest = Manifest.load(root / "plain")
+    entry = manifest.split("train")[0]
+    _flip_first_label(root / "plain" / entry.name)
+    return root / "plain", f"{url}/plain/manifest.json", (entry.name, entry.samples)
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_no_sample_of_a_changed_training_shard_reaches_the_model(changed, where):
+    folder, url, (name, count) = changed
+    source = folder if where == "local" else url
+    loader = make_loader(source, "train", batch_size=8, augment="none", num_workers=2, shuffle=True, seed=3,
+                         on_error="skip", drop_last=False)
+    keys = [k for batch in loader for k in batch.keys]
+    total = Manifest.load(folder).samples("train")
+    assert len(keys) == total - count and loader.skipped.total == count
+    assert loader.skipped.counts == {"checksum mismatch": count}
+    assert not set(keys) & _keys(folder / name)
+
+
+@pytest.mark.parametrize("where", ["local", "remote"])
+def test_training_on_a_changed_shard_stops_before_it_starts(changed, tmp_path, monkeypatch, where):
+    folder, url, (name, _) = changed
+    monkeypatch.setattr("vgg_toolkit.train.batches.IN_MEMORY_LIMIT", 0)  # streamed, as a large set is
+    source = folder if where == "local" else url
+    # Three workers split the 144 samples at 48 and 96, inside each 50-sample shard whatever their order:
+    # no worker reads the changed shard to its end.
+    failed = vggtk("train", "--data", source, "--run-dir", tmp_path / "run", "--epochs", 1, "--batch-size", 16,
+                   "--workers", 3)
+    message = input_error(failed)
+    assert name in message and "sha256" in message
+    assert not list((tmp_path / "run").glob("ckpt-*"))
+
+
+def test_eval_under_skip_counts_a_changed_remote_shard(changed, trained, tmp_path):
+    folder, url, (_, count) = changed
+    total = Manifest.load(folder).samples("train")
+    result = vggtk("eval", trained[0] / "best", "--data", url, "--split", "train", "--methods", "center",
+                   "--on-error", "skip", "--out", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    assert f"skipped {count} bad sample(s): {count} checksum mismatch" in result.stderr, result.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["results"][0]["images"] == total - count
+

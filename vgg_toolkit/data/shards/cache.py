@@ -1,7 +1,7 @@
-"""An optional local copy of remote shards: with ``VGGTK_SHARD_CACHE=DIR`` a remote shard that is read
-whole and matches its manifest's sha256 is kept as ``DIR/<sha256>-<name>`` and read from there next
-time. Without it remote shards only stream. A copy is named by its content, so sets and versions never
-collide, and it appears only once complete and checked."""
+"""An optional local copy of remote shards: with ``VGGTK_SHARD_CACHE=DIR`` a remote shard, once fetched
+and found to match its manifest's sha256, is kept as ``DIR/<sha256>-<name>`` and read from there next
+time. Without it each read fetches the shard again into a temporary file. A copy is named by its content,
+so sets and versions never collide, and it appears only once complete and checked."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def cached_copy(sha256: str | None, location: str) -> Path | None:
 
 
 class CacheSink:
-    """Receives a shard's bytes as they stream; ``commit`` swaps the complete, checked copy in."""
+    """Receives a shard's bytes as they are fetched; ``commit`` swaps the complete, checked copy in."""
 
     def __init__(self, folder: Path, sha256: str, location: str):
         folder.mkdir(parents=True, exist_ok=True)
@@ -46,9 +46,10 @@ class CacheSink:
     def write(self, data: bytes) -> None:
         self.file.write(data)
 
-    def commit(self) -> None:
+    def commit(self) -> Path:
         self.file.close()
         os.replace(self.tmp, self.final)
+        return self.final
 
     def discard(self) -> None:
         self.file.close()

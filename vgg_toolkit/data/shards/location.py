@@ -3,7 +3,9 @@
 
 A manifest names its shards by plain file names, resolved beside the manifest: for a path or an
 ``http(s)://`` URL, in the same folder; for a ``pipe:`` command, by putting the shard's name in place of
-the last ``manifest.json`` in the command. Remote files are streamed, never stored on disk.
+the last ``manifest.json`` in the command. A remote shard listed in a manifest is fetched whole into a
+temporary file (or the shard cache) and checked against the manifest before any sample is read
+(``reader.fetch_checked``); manifests and shards named without one are streamed.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -99,41 +100,14 @@ def resolve_source(source, split: str = "train") -> tuple[list[ShardRef], Manife
 
 # -- tar members ------------------------------------------------------------------------------------
 
-class _Counted:
-    """The byte stream under the tar reader: counts (and, when asked, hashes) what passes, so that a
-    remote shard is checked against its manifest entry as it streams, without a second download."""
-
-    def __init__(self, stream, location: str, hashed: bool, sink: CacheSink | None = None):
-        self.stream, self.location, self.sink = stream, location, sink
-        self.bytes, self.digest = 0, hashlib.sha256() if hashed else None
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.stream.read(n)
-        self.bytes += len(data)
-        if self.digest is not None:
-            self.digest.update(data)
-        if self.sink is not None:
-            self.sink.write(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-    def close(self) -> None:
-        self.stream.close()  # a pipe (curl, a cloud CLI) reports its exit status here
-
-    def __str__(self) -> str:  # WebDataset appends the stream's name to the errors it passes on
-        return self.location
-
-
 def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardRef | None = None) -> Iterator[dict]:
     """The samples of one shard as ``{"__key__", "__shard__", ext: bytes}``, through
     WebDataset's tar reader and its grouping of members by key (everything before the first dot of the
     base name). The first ``skip_samples`` samples are passed over without reading their data; with
-    ``read=False`` no data is read at all (for counting). A remote shard read whole is checked against
-    ``expect`` (its size, and its sha256 when ``expect`` has one), and then kept in the shard cache when
-    one is set (``cache.py``). Raises DataError naming the shard and the member it was at."""
+    ``read=False`` no data is read at all (for counting). A remote shard with an ``expect``ed size or
+    sha256 is fetched whole and checked before its first sample is read (``fetch_checked``), so no sample
+    of a shard that differs from its manifest is ever handed on. Raises DataError naming the shard and the
+    member it was at."""
     state = {"member": None, "key": None, "seen": 0}
 
     def wanted(name: str) -> bool:  # WebDataset calls this with each member's name before reading its data
@@ -144,14 +118,10 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
                 state["key"], state["seen"] = key, state["seen"] + 1
         return read and (not skip_samples or state["seen"] > skip_samples)
 
-    sha256 = expect.sha256 if expect is not None else None
-    if is_remote(path):
-        path = str(cached_copy(sha256, path) or path)
-    whole = expect is not None and is_remote(path) and skip_samples == 0 and read
-    sink = CacheSink.open(sha256, path) if whole else None
-    stream = _Counted(open_stream(path), path, hashed=whole and bool(sha256), sink=sink)
+    checked = is_remote(path) and expect is not None and (expect.sha256 or expect.size is not None)
+    stream = fetch_checked(path, expect) if checked else open_stream(path)
     try:
-        files = tar_file_iterator(stream, handler=reraise_exception, select_files=wanted)
+        files = tar_file_iterator(_Named(stream, path), handler=reraise_exception, select_files=wanted)
         if not read:
             for _ in files:
                 pass
@@ -160,12 +130,7 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
             for sample in group_by_keys(_with_url(files, path), keys=_key_and_ext, handler=reraise_exception):
                 sample["__shard__"] = sample.pop("__url__")
                 yield sample
-            if whole:
-                _check_streamed(stream, expect)
         stream.close()
-        if sink is not None:
-            sink.commit()
-            sink = None
     except DataError:
         raise
     except Exception as exc:  # tarfile, zlib, a pipe's exit status, the network: all name the shard here
@@ -176,8 +141,62 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
             stream.close()  # a second close is a no-op; a reader that stopped early lets the pipe go here
         except Exception:
             pass
+
+
+class _Named:
+    """A stream that WebDataset's errors name by the shard's location (it appends ``str(stream)``)."""
+
+    def __init__(self, stream, location: str):
+        self.stream, self.location = stream, location
+
+    def read(self, n: int = -1) -> bytes:
+        return self.stream.read(n)
+
+    def __str__(self) -> str:
+        return self.location
+
+
+def fetch_checked(location: str, expect: ShardRef) -> BinaryIO:
+    """A remote shard as a local file, open for reading, once its size and sha256 are the manifest's. The
+    bytes go to the shard cache when one is set (``cache.py``; a cached copy is re-hashed once per process
+    before it is trusted) and otherwise to an anonymous temporary file that vanishes when closed. A
+    shard that cannot be fetched, is cut short or differs is a DataError naming its location and the cause."""
+    cached = cached_copy(expect.sha256, location)
+    if cached is not None:
+        check_shard(ShardRef(str(cached), expect.samples, expect.sha256, expect.size), "sha256")
+        return open(cached, "rb")
+    sink = CacheSink.open(expect.sha256, location)
+    spool = sink.file if sink is not None else tempfile.TemporaryFile(prefix="vggtk-shard-")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        source = open_stream(location)
+        try:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                spool.write(chunk)
+                size += len(chunk)
+            source.close()  # a pipe (curl, a cloud CLI) reports its exit status here: a 404, a dropped link
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot fetch: {explain(exc, location)}", shard=location, kind="missing shard") from None
+        if expect.size is not None and size != expect.size:
+            raise DataError(f"shard is {size} bytes, the manifest says {expect.size}: it changed or was cut short",
+                            shard=location, kind="checksum mismatch")
+        if expect.sha256 and digest.hexdigest() != expect.sha256:
+            raise DataError(f"sha256 {digest.hexdigest()[:12]}... does not match the manifest's "
+                            f"{expect.sha256[:12]}...", shard=location, kind="checksum mismatch")
+        if sink is not None:
+            final = sink.commit()
+            sink = None
+            return open(final, "rb")
+        spool.seek(0)
+        return spool
+    except BaseException:
         if sink is not None:
             sink.discard()
+        else:
+            spool.close()
+        raise
 
 
 def _key_and_ext(name: str) -> tuple[str, str]:
@@ -193,16 +212,6 @@ def _with_url(files, path: str):
     for f in files:
         f["__url__"] = path
         yield f
-
-
-def _check_streamed(stream: _Counted, expect: ShardRef) -> None:
-    stream.drain()  # the tar reader stops at the end-of-archive blocks; the padding after them counts too
-    if expect.size is not None and stream.bytes != expect.size:
-        raise DataError(f"shard is {stream.bytes} bytes, the manifest says {expect.size}: it changed or was cut "
-                        "short", shard=stream.location, kind="checksum mismatch")
-    if stream.digest is not None and stream.digest.hexdigest() != expect.sha256:
-        raise DataError(f"sha256 {stream.digest.hexdigest()[:12]}... does not match the manifest's "
-                        f"{expect.sha256[:12]}...", shard=stream.location, kind="checksum mismatch")
 
 
 def parse_sample(raw: dict, num_classes: int | None = None, channels: int | None = None) -> dict:
@@ -318,7 +327,7 @@ _verified: dict[tuple, str] = {}
 
 def check_shard(ref: ShardRef, verify: str) -> None:
     """A local shard before it is read: size always; sha256 once per process and file version when
-    ``verify == "sha256"``. A remote one is checked as it streams (``iter_raw``'s ``expect``)."""
+    ``verify == "sha256"``. A remote one is checked whole before it is read (``fetch_checked``)."""
     if is_remote(ref.path):
         return
     if ref.size is not None:
