@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import vgg_toolkit as vt
-from vgg_toolkit import DataError
+from vgg_toolkit import DataError, Preprocessing
 from vgg_toolkit.data.decode import LazyImage, decode
 from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.pipeline import Pipeline, train_pipeline
@@ -320,7 +320,7 @@ def test_in_memory_training_uses_the_batched_path_for_the_bundled_data(host, mon
 
     manifest, batch = _fashion_batch()
     pipe = train_pipeline(manifest)
-    source = InMemorySource((batch.images, batch.labels), (batch.images[:8], batch.labels[:8]), 10, [0.0],
+    source = InMemorySource((batch.images, batch.labels), (batch.images[:8], batch.labels[:8]), 10, Preprocessing.vggtk([0.0]),
                             pipe, seed=0, keys=list(batch.keys))
     monkeypatch.setattr(Pipeline, "__call__", lambda *a: pytest.fail("the per-sample path ran"))
     env = DistEnv()
@@ -333,7 +333,7 @@ def test_micro_batches_augmented_together_are_those_augmented_one_by_one(host, m
     from vgg_toolkit.train import batches
 
     manifest, batch = _fashion_batch()
-    source = batches.InMemorySource((batch.images, batch.labels), (batch.images[:8], batch.labels[:8]), 10, [0.0],
+    source = batches.InMemorySource((batch.images, batch.labels), (batch.images[:8], batch.labels[:8]), 10, Preprocessing.vggtk([0.0]),
                                     train_pipeline(manifest), seed=0, keys=list(batch.keys))
     together = list(source.train_batches(2, 1, DistEnv(), 64, 32))  # from the second batch, as a resume does
     monkeypatch.setattr(batches, "AUGMENT_CHUNK", 1)  # one micro-batch per call

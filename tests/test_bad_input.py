@@ -40,6 +40,9 @@ def world(shards, trained, tmp_path_factory):
     (user / "notes.txt").write_text("the user's notes")
     (user / "train-set-2019-backup.tar.gz").write_bytes(b"the user's archive")
     (user / "eval.json").write_text('{"mine": true}')
+    (user / "notes.caffemodel").write_text("the user's notes, under a Caffe model's name")
+    (w / "nan-prep.json").write_text('{"family": "custom", "channel_order": "RGB", "pixel_range": 1, '
+                                     '"mean": [0.5, NaN, 0.5], "std": [1, 1, 1]}')
     # Image folders: one with a zero-byte PNG, one with a truncated one, one of a single class.
     images, labels = fashion_sample(40)
     for name in ("empty", "cut", "oneclass"):
@@ -216,6 +219,18 @@ CASES = [
     ("convert into a folder", ["convert", "{run}/best", "{user}"], "is a folder"),
     ("convert over a user's file", ["convert", "{run}/best", "{user}/notes.txt"], "notes.txt"),
     ("convert a missing file", ["convert", "{w}/missing.safetensors", "{w}/x.safetensors"], "missing.safetensors"),
+    ("convert with an unknown preprocessing", ["convert", "{run}/best", "{w}/x.safetensors", "--preprocess", "pil"],
+     "--preprocess: unknown preprocessing 'pil'"),
+    ("convert with a preprocessing record of NaN", ["convert", "{run}/best", "{w}/x.safetensors", "--preprocess",
+                                                   "{w}/nan-prep.json"], "nan-prep.json"),
+    ("convert to a .pth name", ["convert", "{run}/best", "{w}/x.pth"], "ending in .safetensors"),
+    ("convert a text file named .caffemodel", ["convert", "{user}/notes.caffemodel", "{w}/x.safetensors"],
+     "notes.caffemodel: not a readable Caffe model"),
+    # pretrained weights by name
+    ("fetch weights by a misspelt name", ["weights", "fetch", "vgg16-cafe"], "did you mean 'vgg16-caffe'"),
+    ("eval weights by an unknown name", ["eval", "--weights", "vgg99-caffe", "--data", "{shards}"], "vgg99-caffe"),
+    ("train with an unknown preprocessing", ["train", "--data", "{shards}", "--preprocess", "pil", "--run-dir",
+                                             "{w}/r3"], "--preprocess"),
     # transfer
     ("extract features over a user's file", ["extract-features", "{run}/best", "--data", "{shards}", "--splits",
                                              "val", "--out", "{w}/features"], "val.safetensors"),

@@ -46,13 +46,18 @@ def test_convert_between_layouts_keeps_the_model_record(tmp_path):
     assert back.read_bytes() == before  # converting in place would lose the original
 
 
-def test_convert_a_foreign_file_needs_the_architecture_and_its_options(tmp_path):
+def test_convert_reads_a_foreign_files_architecture_from_its_tensors_or_from_arch(tmp_path):
     torch.manual_seed(0)
     model = create_model("vgg-a", num_classes=5, in_chans=1, width=1 / 16, fc_dim=16, input_size=32)
     foreign = tmp_path / "theirs.safetensors"
     save_file(model.export_state_dict("torchvision"), str(foreign))  # as another library writes it: no record
     out = tmp_path / "ours.safetensors"
-    assert "no architecture recorded" in input_error(vggtk("convert", foreign, out))
+    found = vggtk("convert", foreign, out)
+    assert found.exit_code == 0, found.output
+    assert "theirs.safetensors: torchvision layout, vgg-a" in found.stderr.replace("\n", "")
+    assert read_model_info(out).options == {"num_classes": 5, "in_chans": 1, "width": 0.0625, "fc_dim": 16,
+                                            "input_size": 32, "batch_norm": False}
+    out.unlink()
     assert "do not fit" in input_error(vggtk("convert", foreign, out, "--arch", "vgg-a"))  # the default width
     assert "widht: not an option of architecture 'vgg-a' (did you mean 'width'?)" in \
         input_error(vggtk("convert", foreign, out, "--arch", "vgg-a", "--model", "widht=0.0625"))
@@ -65,6 +70,17 @@ def test_convert_a_foreign_file_needs_the_architecture_and_its_options(tmp_path)
     assert all(torch.equal(read_tensors(out)[k], v) for k, v in model.state_dict().items())
 
 
+def test_convert_keeps_the_recorded_options_that_arch_and_model_do_not_change(tmp_path):
+    model = create_model("vgg-a", num_classes=5, in_chans=1, width=1 / 16, fc_dim=16, input_size=32)
+    src = save_weights(model, tmp_path / "a.safetensors")
+    for args in (["--arch", "vgg-a"], ["--arch", "vgg11"], ["--model", "dropout=0.3"]):
+        out = tmp_path / f"{len(args)}{args[-1]}.safetensors"
+        result = vggtk("convert", src, out, *args)
+        assert result.exit_code == 0, (args, result.output)
+        assert {k: v for k, v in read_model_info(out).options.items() if k != "dropout"} == \
+            {k: v for k, v in read_model_info(src).options.items() if k != "dropout"}, args
+
+
 def test_convert_reads_a_checkpoint_directory_and_refuses_a_folder_as_destination(tmp_path):
     model = create_model("vgg-a", num_classes=5, width=1 / 16, fc_dim=16, input_size=32)
     (tmp_path / "ckpt").mkdir()
@@ -75,7 +91,7 @@ def test_convert_reads_a_checkpoint_directory_and_refuses_a_folder_as_destinatio
     assert list((tmp_path / "folder").iterdir()) == []
 
 
-def test_convert_full_size_torchvision_file_needs_and_uses_arch(tmp_path):
+def test_convert_a_full_size_torchvision_file_without_arch(tmp_path):
     with torch.device("meta"):
         meta = create_model("vgg-a", num_classes=3)
     # A torchvision-layout file of the real size, built without random init cost.
@@ -83,13 +99,14 @@ def test_convert_full_size_torchvision_file_needs_and_uses_arch(tmp_path):
     for p in model.parameters():
         torch.nn.init.constant_(p, 0.5)
     save_file(model.export_state_dict("torchvision"), str(tmp_path / "tv.safetensors"))
-    result = vggtk("convert", str(tmp_path / "tv.safetensors"), str(tmp_path / "out.safetensors"))
-    assert "--arch" in input_error(result)
-    result = vggtk("convert", str(tmp_path / "tv.safetensors"), str(tmp_path / "out.safetensors"), "--arch", "vgg11")
-    assert result.exit_code == 0, result.output
-    back = create_model("vgg-a", num_classes=3)
-    load_weights(back, tmp_path / "out.safetensors")
-    assert all(torch.all(p == 0.5) for p in back.parameters())
+    for args in ([], ["--arch", "vgg11"]):
+        out = tmp_path / f"out{len(args)}.safetensors"
+        result = vggtk("convert", str(tmp_path / "tv.safetensors"), str(out), *args)
+        assert result.exit_code == 0, result.output
+        back = create_model("vgg-a", num_classes=3)
+        load_weights(back, out)
+        assert all(torch.all(p == 0.5) for p in back.parameters())
+    assert read_model_info(tmp_path / "out0.safetensors").preprocessing.family == "torchvision"
 
 
 def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):

@@ -72,6 +72,18 @@ def test_the_installed_wheel_imports_everything_and_runs(wheel, tmp_path):
     models = subprocess.run([str(venv / "bin" / "vggtk"), "models"], capture_output=True, text=True, env=env,
                             timeout=300, cwd=tmp_path)
     assert models.returncode == 0 and "138,357,544" in models.stdout, models.stderr[-2000:]
+    listed = subprocess.run([str(venv / "bin" / "vggtk"), "weights", "list", "--json"], capture_output=True,
+                            text=True, env=env, timeout=300, cwd=tmp_path)  # the catalogue is package data
+    assert listed.returncode == 0 and "vgg16-caffe" in listed.stdout, listed.stderr[-2000:]
+    assert vgg_imagenet_classes(venv) == 1000
+
+
+def vgg_imagenet_classes(venv) -> int:
+    code = "import vgg_toolkit as vt; print(len(vt.imagenet_classes()))"
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                         env={"TRITON_INTERPRET": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout)
 
 
 def test_every_declared_dependency_is_imported_by_the_code():
@@ -82,7 +94,7 @@ def test_every_declared_dependency_is_imported_by_the_code():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    module_of = {"pillow": "PIL"}
+    module_of = {"pillow": "PIL", "protobuf": "google"}
     wanted = {module_of.get(name, name) for name in (re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower()
                                                       for d in declared)}
     imported = set()

@@ -134,7 +134,7 @@ def test_feature_taps():
     torch.testing.assert_close(taps["logits"], model(x))
     torch.testing.assert_close(taps["logits"], model.classifier.fc8(taps["fc7"]))
     with pytest.raises(VggtkError, match="known: block1"):
-        model.forward_features(x, taps=["conv5_3"])
+        model.forward_features(x, taps=["conv5_4"])  # D has three convs in block 5
 
 
 def test_bad_arguments_are_clear_errors():

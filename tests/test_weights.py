@@ -127,12 +127,11 @@ def test_an_interrupted_write_leaves_the_previous_file_whole(tmp_path, monkeypat
     path = save_weights(_model("vgg-b"), tmp_path / "b.safetensors")
     before = path.read_bytes()
 
-    def dies_half_way(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(before[: len(before) // 2])
+    def dies_half_way(out, header, parts):
+        out.write(before[: len(before) // 2])
         raise KeyboardInterrupt  # as if Ctrl-C came while the bytes were going out
 
-    monkeypatch.setattr(weights_module, "save_file", dies_half_way)
+    monkeypatch.setattr(weights_module, "_write_values", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         save_weights(_model("vgg-b", seed=3), path)
     assert path.read_bytes() == before

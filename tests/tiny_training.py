@@ -17,4 +17,4 @@ def tiny_run(samples: int = 256, val_samples: int = 64, source_class=InMemorySou
     mean = x.float().mean().item()
     facts = DataFacts(tuple(f"class{i}" for i in range(10)), 1, (mean, mean, mean), 32, TrainScale(32, 32))
     plan = plan_run(parse_config({"arch": "vgg-a", "model": {**NET, **(model or {})}, **values}), facts)
-    return plan, source_class((x, y), (vx, vy), num_classes=10, mean=[mean])
+    return plan, source_class((x, y), (vx, vy), num_classes=10, preprocessing=plan.preprocessing)

@@ -14,6 +14,7 @@ from .cli.options import with_plugin_options
 from .contract.boxes import CORRECT_IOU, area as box_area, decode as decode_boxes, encode as encode_boxes, iou, main_box
 from .contract.data import DataFacts
 from .contract.evaluator import DescribedEvaluator, ScaledEvaluator
+from .contract.preprocess import PREPROCESS_HELP, Preprocessing, parse_preprocess
 from .contract.model import (FeatureTaps, FinetuneScopes, FullyConvolutional, ModelInfo, ReceptiveField, WarmStart,
                              WeightLayouts, find_model_info, model_info, set_model_info)
 from .contract.options import OptionSpec
@@ -27,17 +28,19 @@ from .data.errors import DataError, check_policy
 from .data.loader import make_loader, normalize_on_device, read_split
 from .data.shards.manifest import Manifest
 from .errors import RegistryError, VggtkError, WeightsError
-from .evaluation.geometry import (boxes_from_center_view, center_crop, center_trim, center_view, center_view_boxes, crop_at, grid_positions, rescale, rescaled_size,
+from .evaluation.geometry import (boxes_from_center_view, center_crop, center_trim, center_view, dense_input, center_view_boxes, crop_at, grid_positions, rescale, rescaled_size,
                                   test_scales_for)
 from .evaluation.metrics import topk_errors, topk_misses
-from .evaluation.on_shards import check_fits_data, evaluate_on_shards, normalising_mean
+from .evaluation.on_shards import check_fits_data, class_columns, evaluate_on_shards, feeds_for, input_preprocessing
 from .evaluation.report import print_results, write_json
-from .evaluation.runner import EvalResult, check_same_classes, ensemble_posteriors, get_evaluator, run_evaluation
+from .evaluation.runner import EvalResult, Feed, check_same_classes, ensemble_posteriors, get_evaluator, run_evaluation
 from .host.manager import get_host, hookimpl
 from .models.factory import create_model, list_models, prepare_model
 from .models.forms import model_form, require_fully_conv
 from .models.layers import BatchSlicedDropout
 from .models.stats import model_stats
+from .models.catalogue import find_entry as find_weights
+from .models.imagenet import class_label, imagenet_classes
 from .models.trained import initialise_from, load_trained
 from .models.weights import load_weights, read_model_info, save_safetensors, save_weights
 from .runtime.console import one_line, plain, print_table
@@ -52,19 +55,20 @@ __all__ = [
     "VggtkError", "RegistryError", "WeightsError", "DataError", "check_policy",
     # models
     "create_model", "list_models", "prepare_model", "load_trained", "initialise_from", "load_weights",
+    "find_weights", "class_label", "imagenet_classes",
     "save_weights", "read_model_info", "save_safetensors", "model_stats", "model_form", "require_fully_conv",
-    "BatchSlicedDropout", "ModelInfo", "model_info", "find_model_info", "set_model_info",
+    "BatchSlicedDropout", "ModelInfo", "Preprocessing", "parse_preprocess", "PREPROCESS_HELP", "model_info", "find_model_info", "set_model_info",
     "FullyConvolutional", "FeatureTaps", "WeightLayouts", "WarmStart", "ReceptiveField", "FinetuneScopes",
     # boxes
     "CORRECT_IOU", "box_area", "encode_boxes", "decode_boxes", "iou", "main_box",
     # scales and test-time geometry
-    "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "center_view", "center_view_boxes", "boxes_from_center_view", "test_scales_for",
+    "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "dense_input", "center_view", "center_view_boxes", "boxes_from_center_view", "test_scales_for",
     # data
     "Manifest", "resolve_data", "read_split", "make_loader", "normalize_on_device",
     "BatchGeometry", "uniforms", "normals", "normals_batch", "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size", "image_channels", "read_image",
     # evaluation
     "get_evaluator", "run_evaluation", "evaluate_on_shards", "ensemble_posteriors", "EvalResult",
-    "check_fits_data", "check_same_classes", "normalising_mean", "print_results", "write_json", "topk_errors", "topk_misses",
+    "check_fits_data", "check_same_classes", "input_preprocessing", "class_columns", "feeds_for", "Feed", "print_results", "write_json", "topk_errors", "topk_misses",
     "DescribedEvaluator", "ScaledEvaluator",
     # devices, files, output
     "pick_device", "mixed_precision", "atomic_file", "write_text", "save_json", "save_png", "mark", "png_mark",

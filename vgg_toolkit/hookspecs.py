@@ -32,6 +32,19 @@ def vggtk_register_architectures(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def vggtk_identify_weights(shapes: Mapping[str, tuple]) -> Mapping[str, Any] | None:
+    """Recognise weights written elsewhere (torchvision, timm, a Caffe release) by their tensor names and
+    shapes alone, so that they load without ``--arch``.
+
+    Return ``{"arch": name, "options": {...}, "layout": name}`` when ``shapes`` (tensor name -> shape)
+    are the state_dict of one of your architectures: ``options`` are its factory's keyword arguments,
+    ``num_classes``, ``in_chans`` and ``input_size`` included, and ``layout`` one that its
+    ``WeightLayouts.import_state_dict`` reads. Return ``{"unfit": why}`` when the names are in one of your
+    layouts but fit none of your architectures (``why`` is said to the user), and None otherwise.
+    """
+
+
+@hookspec
 def vggtk_register_augmentations(register: Callable[..., None]) -> None:
     """Add data augmentations.
 

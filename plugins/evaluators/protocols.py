@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from vgg_toolkit import (FullyConvolutional, TrainScale, VggtkError, center_crop, center_trim, crop_at,
+from vgg_toolkit import (FullyConvolutional, TrainScale, VggtkError, center_crop, crop_at, dense_input,
                          find_model_info, grid_positions, model_form, parse_test_scales, require_fully_conv, rescale,
                          test_scales_for)
 
@@ -214,7 +214,7 @@ class Dense(Protocol):
 
     def _posteriors(self, model, batch, crop):
         if isinstance(model, FullyConvolutional):  # windows centred on the image, not anchored top left
-            batch = center_trim(batch, model.output_stride)
+            batch = dense_input(model, batch)
         views = _flipped_views(lambda: batch, self.flip)
         return _summed_softmax(model, views, self.batch_size) / len(views)
 

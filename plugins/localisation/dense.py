@@ -25,7 +25,7 @@ def box_map(model, image: torch.Tensor, q: int) -> torch.Tensor:
     height, width = image.shape[-2:]
     rescaled = vt.rescale(image, max(q, crop), crop)
     h, w = rescaled.shape[-2:]
-    x = vt.center_trim(rescaled, stride)
+    x = vt.dense_input(model, rescaled)
     top, left = (h - x.shape[-2]) // 2, (w - x.shape[-1]) // 2
     with torch.no_grad(), vt.model_form(model, fully_conv=True):
         codes = model(x).float()  # (1, outputs, rows, cols)

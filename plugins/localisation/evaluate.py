@@ -78,7 +78,7 @@ def _single_scale(request: vt.EvalRequest, model) -> int:
 def protocol_center(request: vt.EvalRequest) -> LocResult:
     heads = _check_heads(request.models, request.names)
     scales = [_single_scale(request, m) for m in request.models]
-    means = [vt.normalising_mean([m], request.manifest) for m in request.models]
+    preps = [vt.input_preprocessing(m, request.manifest) for m in request.models]
     wrong = seen = 0
     seconds = 0.0
     kept = []
@@ -88,10 +88,10 @@ def protocol_center(request: vt.EvalRequest) -> LocResult:
         height, width = batch.images.shape[-2:]
         start = time.perf_counter()
         boxes = 0
-        for model, head, q, mean in zip(request.models, heads, scales, means):
+        for model, head, q, prep in zip(request.models, heads, scales, preps):
             crop = vt.model_info(model).input_size
             device = next(model.parameters()).device
-            x = vt.center_view(vt.normalize_on_device(batch.images.to(device), mean), q, crop)
+            x = vt.center_view(prep.apply(batch.images.to(device)), q, crop)
             with torch.no_grad(), vt.model_form(model, fully_conv=False), vt.mixed_precision(device):
                 codes = model(x).float().cpu()
             if head == "pcr":
@@ -112,14 +112,14 @@ def _dense_guesses(request: vt.EvalRequest, split: str, classifier, heads) -> li
     """Per image: (label, true boxes, true box labels, top-5 classes, their candidate boxes)."""
     multi = request.options.get("multi_scale", False)
     scales_of = lambda model: vt.test_scales_for(model, request.options.get("scales"), multi=multi)  # noqa: E731
-    means = {id(m): vt.normalising_mean([m], request.manifest) for m in [*request.models, classifier]}
+    preps = {id(m): vt.input_preprocessing(m, request.manifest) for m in [*request.models, classifier]}
     classify = vt.get_evaluator("dense")
     out = []
     for batch in vt.read_split(request.manifest, split, batch_size=1, workers=request.workers,
                                on_error=request.on_error, limit=request.limit if split == request.split else None,
                                with_boxes=True):
         def seen_by(model):
-            return vt.normalize_on_device(batch.images.to(next(model.parameters()).device), means[id(model)])
+            return preps[id(model)].apply(batch.images.to(next(model.parameters()).device))
 
         with vt.mixed_precision(next(classifier.parameters()).device):
             top5 = classify(classifier, seen_by(classifier))[0].topk(min(5, request.manifest.num_classes)).indices
@@ -222,13 +222,13 @@ def _cams(request: vt.EvalRequest, split: str, classifier) -> list:
     true boxes; their labels)."""
     info = vt.model_info(classifier)
     crop, q = info.input_size, vt.test_scales_for(classifier)[0]
-    tap, mean = _cam_tap(classifier, crop), vt.normalising_mean([classifier], request.manifest)
+    tap, prep = _cam_tap(classifier, crop), vt.input_preprocessing(classifier, request.manifest)
     device = next(classifier.parameters()).device
     out = []
     for batch in vt.read_split(request.manifest, split, batch_size=request.batch_size, workers=request.workers,
                                on_error=request.on_error, limit=request.limit if split == request.split else None,
                                with_boxes=True):
-        x = vt.center_view(vt.normalize_on_device(batch.images.to(device), mean), q, crop)
+        x = vt.center_view(prep.apply(batch.images.to(device)), q, crop)
         with torch.enable_grad(), vt.model_form(classifier, fully_conv=False):
             taps = classifier.forward_features(x, taps=(tap, "logits"))
             score = taps["logits"].gather(1, batch.labels.to(device)[:, None]).sum()

@@ -23,8 +23,13 @@ PREDICTIONS = "predictions"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
+WEIGHTS_SUFFIXES = {".safetensors", ".pth", ".pt", ".caffemodel"}
+
+
 def is_checkpoint(path: Path) -> bool:
-    return path.suffix == ".safetensors" or (path.is_dir() and (path / "model.safetensors").is_file())
+    """A weights file, a checkpoint directory or a catalogue name (not an image)."""
+    return (path.suffix in WEIGHTS_SUFFIXES or (path.is_dir() and (path / "model.safetensors").is_file())
+            or (not path.exists() and vt.find_weights(str(path)) is not None))
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -43,8 +48,12 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def predict_command(
-    paths: List[Path] = typer.Argument(..., help="Checkpoints (a directory or .safetensors; several classifiers form "
-                                       "an ensemble; a scr/pcr one adds boxes), then images or folders of images."),
+    paths: List[Path] = typer.Argument(..., help="Checkpoints (a directory, a weights file or a catalogue name; several "
+                                       "classifiers form an ensemble; a scr/pcr one adds boxes), then images or "
+                                       "folders of images."),
+    weights: List[str] = typer.Option([], "--weights", help="Pretrained weights by catalogue name (vggtk weights "
+                                      "list) or file; more nets of the ensemble."),
+    preprocess: Optional[str] = typer.Option(None, help=vt.PREPROCESS_HELP),
     method: str = typer.Option("center", help="Classification protocol: center, dense, multicrop, combined."),
     out: Optional[Path] = typer.Option(None, help="Write the predictions as JSON, or CSV when the name ends in .csv."),
     draw: Optional[Path] = typer.Option(None, help="Write each image with its box and label into this folder."),
@@ -54,17 +63,18 @@ def predict_command(
 ):
     """Top-5 classes of each image, and with a localisation net its box; as a table, JSON or CSV."""
     vt.check_policy(on_error)
-    checkpoints = [p for p in paths if is_checkpoint(p)]
+    assume = vt.parse_preprocess(preprocess)
+    checkpoints = [p for p in paths if is_checkpoint(p)] + [Path(w) for w in weights]
     if not checkpoints:
         raise vt.VggtkError("name at least one checkpoint before the images (a directory holding model.safetensors, "
-                            "or a .safetensors file)")
+                            "a weights file or a catalogue name), or give --weights")
     images = image_files([p for p in paths if not is_checkpoint(p)])
     if out is not None:
         vt.check_output_file(out, PREDICTIONS)
     if draw is not None and draw.exists() and not draw.is_dir():
         raise vt.VggtkError(f"--draw {draw}: is a file; give a folder")
     dev = vt.pick_device(device)
-    models = [vt.load_trained(p, dev, plugin_options, command="eval") for p in checkpoints]
+    models = [vt.load_trained(p, dev, plugin_options, command="eval", assume=assume) for p in checkpoints]
     classifiers = [m for m in models if vt.model_info(m).head == "classification"]
     boxers = [m for m in models if vt.model_info(m).head in HEADS]
     if not classifiers:
@@ -105,12 +115,13 @@ def _predict_one(path: Path, image: torch.Tensor, classifiers, boxers, evaluator
     posteriors = 0
     for model in classifiers:
         device = next(model.parameters()).device
-        x = vt.normalize_on_device(image[None].to(device), vt.model_info(model).mean_rgb or [0.0, 0.0, 0.0])
+        x = vt.input_preprocessing(model).apply(image[None].to(device))
         with vt.mixed_precision(device):
             posteriors = posteriors + evaluator(model, x)[0].float().cpu()
     posteriors = posteriors / len(classifiers)
     top = posteriors.topk(min(5, len(posteriors)))
-    row = {"image": str(path), "top5": [{"class": classes[i] if classes else str(i), "index": int(i),
+    row = {"image": str(path), "top5": [{"class": classes[i] if classes else str(int(i)), "index": int(i),
+                                         "label": vt.class_label(classes[i]) if classes else str(int(i)),
                                          "probability": round(float(p), 6)}
                                         for p, i in zip(top.values, top.indices)]}
     if boxers:
@@ -120,7 +131,7 @@ def _predict_one(path: Path, image: torch.Tensor, classifiers, boxers, evaluator
             info = vt.model_info(model)
             device = next(model.parameters()).device
             q, crop = vt.test_scales_for(model)[0], info.input_size
-            x = vt.center_view(vt.normalize_on_device(image[None].to(device), info.mean_rgb or [0.0] * 3), q, crop)
+            x = vt.center_view(vt.input_preprocessing(model).apply(image[None].to(device)), q, crop)
             with torch.no_grad(), vt.model_form(model, fully_conv=False):
                 codes = model(x).float().cpu()
             if info.head == "pcr":
@@ -137,7 +148,7 @@ def _print(console: Console, rows: list[dict]) -> None:
     for col in ("image", "top-5 (probability)", "box (x1, y1, x2, y2)"):
         table.add_column(col, no_wrap=True)
     for row in rows:
-        top5 = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top5"])
+        top5 = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top5"])
         box = ", ".join(f"{v:g}" for v in row["box"]["xyxy"]) if "box" in row else "-"
         table.add_row(vt.plain(row["image"]), vt.plain(top5), box)
     vt.print_table(console, table)
@@ -161,7 +172,7 @@ def _draw(path: Path, row: dict, target: Path) -> None:
     vt.check_output_file(target, DRAWING)
     image = to_pil(vt.read_image(path, 3))
     canvas = ImageDraw.Draw(image)
-    label = f"{row['top5'][0]['class']} {row['top5'][0]['probability']:.2f}"
+    label = f"{row['top5'][0]['label']} {row['top5'][0]['probability']:.2f}"
     if "box" in row:
         draw_box(canvas, row["box"]["xyxy"], (255, 0, 0), label, width=max(1, min(image.size) // 100))
     else:

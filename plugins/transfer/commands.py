@@ -19,11 +19,13 @@ DEFAULT_CHECKPOINT = Path("runs/train/best")
 
 
 def extract_features(
-    checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint directories or .safetensors files; several are stacked \\[default: runs/train/best]."),
+    checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint directories, weights files (vggtk's, torchvision's, timm's, .caffemodel) or catalogue names; several are stacked \\[default: runs/train/best]."),
+    weights: List[str] = typer.Option([], "--weights", help="Pretrained weights by catalogue name (vggtk weights list) or file; more nets to stack."),
+    preprocess: Optional[str] = typer.Option(None, help=vt.PREPROCESS_HELP),
     data: Optional[str] = typer.Option(None, help="Shard directory, manifest.json or manifest URL \\[default: the bundled Fashion-MNIST shards]."),
     splits: Optional[str] = typer.Option(None, help="Comma-separated splits \\[default: every split of the shards]."),
     out: Path = typer.Option(Path("runs/features"), help="Directory for one SPLIT.safetensors per split."),
-    tap: str = typer.Option("fc7", help="Layer whose output is pooled: fc7 (the paper), fc6, or block1..block5."),
+    tap: str = typer.Option("fc7", help="Layer whose output is pooled: fc7 (the paper), fc6, block1..block5, or the paper's layer names (conv5_3, relu5_3, pool5...)."),
     scales: Optional[str] = typer.Option(None, help="Scales Q, e.g. 256,384,512 \\[default: the paper's multi-scale set from the training scale]."),
     combine: str = typer.Option("average", help="Per-scale descriptors: average (the paper's VOC) | stack (its Caltech)."),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Average with the horizontally flipped image."),
@@ -39,6 +41,7 @@ def extract_features(
     if combine not in COMBINES:
         raise vt.VggtkError(f"--combine must be one of {', '.join(COMBINES)}, not {combine!r}")
     vt.check_policy(on_error)
+    assume = vt.parse_preprocess(preprocess)
     for flag, value, low in (("--limit", limit, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value is not None and value < low:
             raise vt.VggtkError(f"{flag}: must be at least {low}, got {value}")
@@ -56,8 +59,8 @@ def extract_features(
         vt.check_output_file(out / f"{split}.safetensors", FEATURES_KIND)
     console = Console(soft_wrap=True)
     dev = vt.pick_device(device)
-    paths = checkpoints or [DEFAULT_CHECKPOINT]
-    models = [vt.load_trained(p, dev, plugin_options, command="extract-features") for p in paths]
+    paths = [*(checkpoints or ([] if weights else [DEFAULT_CHECKPOINT])), *map(Path, weights)]
+    models = [vt.load_trained(p, dev, plugin_options, command="extract-features", assume=assume) for p in paths]
     vt.check_fits_data(models, manifest, [str(p) for p in paths], classes=False)  # features serve new tasks
     meta = {"tap": tap, "combine": combine, "flip": flip, "checkpoints": [str(p) for p in paths],
             "data": manifest.location}

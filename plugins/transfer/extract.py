@@ -22,9 +22,9 @@ def extract_on_shards(models: Sequence[torch.nn.Module], manifest: vt.Manifest, 
                       workers: int = 0, on_error: str = "fail", limit: Optional[int] = None,
                       console: Console | None = None) -> dict:
     """``{"features": (N, D), "labels": (N,), "keys": [...], "scales": [...] per model}`` for one split.
-    Each model sees the images normalised with its own training mean."""
+    Each model sees the images made into its input by its own preprocessing."""
     manifest.split(split)
-    means = [vt.normalising_mean([m], manifest) for m in models]
+    preps = [vt.input_preprocessing(m, manifest) for m in models]
     used = [descriptor_scales(m, scales) for m in models]
     total = min(limit, manifest.samples(split)) if limit else manifest.samples(split)
     console = console or Console()
@@ -36,9 +36,9 @@ def extract_on_shards(models: Sequence[torch.nn.Module], manifest: vt.Manifest, 
         for batch in vt.read_split(manifest, split, batch_size=batch_size, workers=workers, on_error=on_error,
                                    limit=limit):
             parts = []
-            for model, mean, qs in zip(models, means, used):
+            for model, prep, qs in zip(models, preps, used):
                 device = next(model.parameters()).device
-                x = vt.normalize_on_device(batch.images.to(device), mean)
+                x = prep.apply(batch.images.to(device))
                 with vt.mixed_precision(device):
                     parts.append(image_descriptors(model, x, qs, tap=tap, flip=flip, combine=combine).cpu())
             features.append(stacked(parts))

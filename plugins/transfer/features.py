@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgg_toolkit import FeatureTaps, FullyConvolutional, VggtkError, center_trim, model_form, rescale, test_scales_for
+from vgg_toolkit import FeatureTaps, FullyConvolutional, VggtkError, dense_input, model_form, rescale, test_scales_for
 
 COMBINES = ("average", "stack")
 
@@ -47,7 +47,7 @@ def image_descriptors(model: nn.Module, images: torch.Tensor, scales: Sequence[i
         for q in scales:
             x = rescale(images, q)
             if isinstance(model, FullyConvolutional):  # windows centred on the image, as in dense evaluation
-                x = center_trim(x, model.output_stride)
+                x = dense_input(model, x)
             d = _pooled(model, x, tap)
             if flip:
                 d = (d + _pooled(model, x.flip(-1), tap)) / 2

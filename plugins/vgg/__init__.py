@@ -5,6 +5,7 @@ from functools import partial
 
 from vgg_toolkit import DataFacts, OptionSpec, hookimpl
 
+from .identify import identify
 from .net import INITS, VGG
 
 # name: (config, lrn, aliases, description)
@@ -49,3 +50,8 @@ def vggtk_register_options(register):
         OptionSpec("dropout", float, 0.5, "Dropout probability on FC6 and FC7.", target="model"),
     ):
         register(spec)
+
+
+@hookimpl
+def vggtk_identify_weights(shapes):
+    return identify(shapes)

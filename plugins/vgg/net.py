@@ -3,6 +3,10 @@
 Module names are chosen so nobody counts indices: ``features.block3.conv2``, ``classifier.fc6``.
 The classifier keeps its weights in Linear shape and can run them as convolutions
 (FC1 -> kxk conv, FC2/FC3 -> 1x1 convs), so switching form never touches the state_dict.
+
+Weights also read and write in torchvision's and timm's layouts and in the layout of the authors' Caffe
+release (``conv1_1`` ... ``fc8``, what ``vggtk convert X.caffemodel`` reads); ``ceil_pool=True`` gives
+Caffe's pooling, which rounds the output size up.
 """
 
 from __future__ import annotations
@@ -43,8 +47,25 @@ CONFIGS: dict[str, list] = {
 LRN_ARGS = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
 INITS = ("paper", "glorot", "kaiming")
 BLOCK_TAPS = tuple(f"block{i}" for i in range(1, 6))
-TAPS = BLOCK_TAPS + ("fc6", "fc7", "logits")
-LAYOUTS = ("vggtk", "torchvision", "timm")
+LAYOUTS = ("vggtk", "torchvision", "timm", "caffe")
+
+
+def paper_taps(config: str) -> tuple[str, ...]:
+    """The paper's and the Caffe release's layer names for a configuration: ``convB_K`` (the conv's
+    output, before its ReLU), ``reluB_K``, ``poolB`` (= ``blockB``), for block B and its K-th conv."""
+    names, block, k = [], 1, 0
+    for item in CONFIGS[config]:
+        if item == "M":
+            names.append(f"pool{block}")
+            block, k = block + 1, 0
+        else:
+            k += 1
+            names += [f"conv{block}_{k}", f"relu{block}_{k}"]
+    return tuple(names)
+
+
+def taps_of(config: str) -> tuple[str, ...]:
+    return BLOCK_TAPS + paper_taps(config) + ("fc6", "fc7", "logits")
 
 
 class Classifier(nn.Module):
@@ -103,6 +124,8 @@ class VGG(nn.Module):
         fc_dim: width of FC6 and FC7 (4096 in the paper).
         input_size: training input size, a multiple of 32; FC6 sees an (input_size/32)^2 map.
         batch_norm: BatchNorm after every conv (not in the paper).
+        ceil_pool: pools round their output size up, as Caffe's do (the authors' released nets): a
+            side that is not a multiple of 32 loses no rows, so dense evaluation sees the whole image.
         lrn: local response normalisation after the first conv (config A-LRN).
         dropout: dropout probability on FC6 and FC7.
         init: "paper" (weights ~ N(0, init_std^2), biases 0. The paper says "variance 1e-2"; its
@@ -114,14 +137,13 @@ class VGG(nn.Module):
             "kaiming" (He normal, fan-in; for training deep configs or narrow nets from scratch).
     """
 
-    feature_taps = TAPS
     weight_layouts = LAYOUTS
     output_stride = 32  # five 2x2 max-pools
     finetune_scopes = ("all", "fc")
 
     def __init__(self, config: str = "D", num_classes: int = 1000, in_chans: int = 3, width: float = 1.0,
                  fc_dim: int = 4096, input_size: int = 224, batch_norm: bool = False, lrn: bool = False,
-                 dropout: float = 0.5, init: str = "paper", init_std: float = 0.01):
+                 dropout: float = 0.5, init: str = "paper", init_std: float = 0.01, ceil_pool: bool = False):
         super().__init__()
         if config not in CONFIGS:
             raise VggtkError(f"unknown VGG config {config!r}; known: {', '.join(CONFIGS)}")
@@ -134,12 +156,14 @@ class VGG(nn.Module):
             if bad:
                 raise VggtkError(f"{name} must be positive, got {value}")
         self.config, self.batch_norm, self.lrn, self.input_size = config, batch_norm, lrn, input_size
+        self.pools_round_up = ceil_pool
+        self.feature_taps = taps_of(config)
         blocks: list[tuple[str, nn.Module]] = []
         layers: list[tuple[str, nn.Module]] = []
         channels = in_chans
         for item in CONFIGS[config]:
             if item == "M":
-                layers.append(("pool", nn.MaxPool2d(2, 2)))
+                layers.append(("pool", nn.MaxPool2d(2, 2, ceil_mode=ceil_pool)))
                 blocks.append((f"block{len(blocks) + 1}", nn.Sequential(OrderedDict(layers))))
                 layers = []
                 continue
@@ -193,18 +217,34 @@ class VGG(nn.Module):
         return self.classifier(self.features(x))
 
     def forward_features(self, x: torch.Tensor, taps: Iterable[str] = ("fc7",)) -> dict[str, torch.Tensor]:
-        """Outputs at named points: ``block1``..``block5`` (after each pool), ``fc6``, ``fc7`` (after
-        ReLU, before dropout) and ``logits``. Asked only for conv blocks, it stops after the last
-        one requested; any FC tap runs the whole classifier."""
+        """Outputs at named points: ``block1``..``block5`` (after each pool, also ``pool1``..``pool5``),
+        the paper's ``convB_K`` (before the ReLU) and ``reluB_K``, ``fc6``, ``fc7`` (after ReLU, before
+        dropout) and ``logits``. Asked only for conv-trunk taps, it stops after the last one requested;
+        any FC tap runs the whole classifier."""
         wanted = frozenset(taps)
-        unknown = sorted(wanted - set(TAPS))
+        unknown = sorted(wanted - set(self.feature_taps))
         if unknown:
-            raise VggtkError(f"unknown feature tap(s) {', '.join(unknown)}; known: {', '.join(TAPS)}")
+            raise VggtkError(f"unknown feature tap(s) {', '.join(unknown)}; known: {', '.join(self.feature_taps)}")
         out: dict[str, torch.Tensor] = {}
-        for name, block in self.features.named_children():
-            x = block(x)
-            if name in wanted:
-                out[name] = x
+        for bname, block in self.features.named_children():
+            b = bname[len("block"):]
+            layers = list(block.named_children())
+            for i, (lname, layer) in enumerate(layers):
+                x = layer(x)
+                tap = f"pool{b}" if lname == "pool" else f"{lname[:4]}{b}_{lname[4:]}"
+                if tap not in wanted:
+                    continue
+                if lname.startswith("conv"):
+                    after = layers[i + 1][1] if i + 1 < len(layers) else None
+                    if not isinstance(after, (nn.ReLU, nn.BatchNorm2d)):
+                        raise VggtkError(f"tap {tap} is the conv's output before its ReLU, which a fused conv+ReLU "
+                                         f"kernel does not produce: tap relu{b}_{lname[4:]}, or run with "
+                                         "--conv-backend torch")
+                    out[tap] = x.clone()  # the in-place ReLU that follows must not alter the tap
+                else:
+                    out[tap] = x
+            if bname in wanted:
+                out[bname] = x
             if wanted <= out.keys():
                 return out
         logits = self.classifier(x, taps=out, wanted=wanted)
@@ -254,16 +294,24 @@ class VGG(nn.Module):
         ours = self.state_dict()
         if layout == "vggtk":
             return [(k, k, "same") for k in ours]
+        if layout == "caffe" and self.batch_norm:
+            raise WeightsError("the Caffe layout has no BatchNorm layers")
         rows: list[tuple[str, str, str]] = []
         index = 0  # position in a flat torchvision-style nn.Sequential
         for bname, block in self.features.named_children():
             for lname, _ in block.named_children():
                 prefix = f"features.{bname}.{lname}."
                 for key in ours:
-                    if key.startswith(prefix):
+                    if not key.startswith(prefix):
+                        continue
+                    if layout != "caffe":
                         rows.append((key, f"features.{index}.{key[len(prefix):]}", "same"))
+                    else:  # the release's layer names: convB_K, no BatchNorm there
+                        rows.append((key, f"conv{bname[5:]}_{lname[4:]}.{key[len(prefix):]}", "same"))
                 index += 1
-        if layout == "torchvision":
+        if layout == "caffe":
+            fcs = {fc: (fc, "same") for fc in ("fc6", "fc7", "fc8")}
+        elif layout == "torchvision":
             fcs = {"fc6": ("classifier.0", "same"), "fc7": ("classifier.3", "same"), "fc8": ("classifier.6", "same")}
         else:
             fcs = {"fc6": ("pre_logits.fc1", "fc6_conv"), "fc7": ("pre_logits.fc2", "fc_1x1"),
@@ -289,21 +337,17 @@ class VGG(nn.Module):
         ours = self.state_dict()
         return {foreign: self._to_foreign(ours[key], how).contiguous() for key, foreign, how in self._key_map(layout)}
 
-    def detect_layout(self, keys: Iterable[str]) -> str:
-        keys = set(keys)
-        if any(k.startswith("features.block") or k.startswith("classifier.fc") for k in keys):
-            return "vggtk"
-        if "pre_logits.fc1.weight" in keys or "head.fc.weight" in keys:
-            return "timm"
-        if "classifier.0.weight" in keys or any(k.startswith("features.0.") for k in keys):
-            return "torchvision"
-        raise WeightsError("the tensors match no known layout (vggtk, torchvision, timm)")
-
     def import_state_dict(self, tensors: dict[str, torch.Tensor], layout: str = "auto") -> str:
         """Load weights saved in any layout; returns the layout found. Checks every name and shape first
         and names the first tensors that do not fit, so nothing is half-loaded."""
         if layout == "auto":
-            layout = self.detect_layout(tensors)
+            layout = detect_layout(tensors)
+        self.load_state_dict(self.from_layout(tensors, layout), strict=False)
+        return layout
+
+    def from_layout(self, tensors: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+        """``tensors`` of ``layout`` renamed and reshaped into this net's own state_dict (views, no copies),
+        after checking every name and shape; works on a net built on the meta device."""
         ours = self.state_dict()
         converted: dict[str, torch.Tensor] = {}
         problems: list[str] = []
@@ -324,6 +368,19 @@ class VGG(nn.Module):
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise WeightsError(f"weights ({layout} layout) do not fit this {type(self).__name__}-{self.config}: "
                                + "; ".join(problems[:3]) + more)
-        self.load_state_dict(converted, strict=False)
-        return layout
+        return converted
 
+
+
+def detect_layout(keys: Iterable[str]) -> str:
+    """Which of the four layouts a set of tensor names is in."""
+    keys = set(keys)
+    if any(k.startswith("features.block") or k.startswith("classifier.fc") for k in keys):
+        return "vggtk"
+    if "pre_logits.fc1.weight" in keys or "head.fc.weight" in keys:
+        return "timm"
+    if "classifier.0.weight" in keys or any(k.startswith("features.0.") for k in keys):
+        return "torchvision"
+    if "conv1_1.weight" in keys:
+        return "caffe"
+    raise WeightsError("the tensors match no known layout (vggtk, torchvision, timm, caffe)")

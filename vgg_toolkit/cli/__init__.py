@@ -34,6 +34,7 @@ def build_app() -> typer.Typer:
     from .models import convert, models, plugins
     from .shards import app as shards_app
     from .train import build_train_command
+    from .weights import app as weights_app
 
     app = typer.Typer(
         name="vggtk",
@@ -47,6 +48,7 @@ def build_app() -> typer.Typer:
         app.command()(command)
     app.command(name="train")(build_train_command())
     app.add_typer(shards_app, name="shards", help="Create, inspect and verify WebDataset shards.")
+    app.add_typer(weights_app, name="weights", help="Pretrained weights by name: list them, fetch them.")
     app.command(name="eval")(build_eval_command())
     get_host().pm.hook.vggtk_register_commands(app=app)
     _guard_commands(app)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from ..contract.model import find_model_info
+from ..contract.preprocess import PREPROCESS_HELP, parse_preprocess
 from ..contract.scale import parse_test_scales
 from ..data.bundled import resolve_data
 from ..data.errors import check_policy
@@ -54,7 +55,9 @@ def at_least(value: int | None, low: int, flag: str) -> None:
 
 
 def eval_command(
-    checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint directories or .safetensors files; several form an ensemble \\[default: runs/train/best]."),
+    checkpoints: Optional[List[Path]] = typer.Argument(None, help="Checkpoint directories, weights files (vggtk's, torchvision's, timm's, .caffemodel) or catalogue names; several form an ensemble \\[default: runs/train/best]."),
+    weights: List[str] = typer.Option([], "--weights", help="Pretrained weights by catalogue name (vggtk weights list) or file; more nets of the ensemble."),
+    preprocess: Optional[str] = typer.Option(None, help=PREPROCESS_HELP),
     data: Optional[str] = typer.Option(None, help="Shard directory, manifest.json or manifest URL \\[default: the bundled Fashion-MNIST shards]."),
     split: str = typer.Option("test", help="Split to evaluate."),
     task: str = typer.Option("classification", help="classification, or a task a plugin adds (vggtk plugins), "
@@ -88,11 +91,12 @@ def eval_command(
     check_output_file(out, RESULTS_KIND)
     if confusion is not None:
         check_output_file(confusion, CONFUSION_KIND)
+    assume = parse_preprocess(preprocess)
     manifest = Manifest.load(resolve_data(data))
     manifest.split(split)
     dev = pick_device(device)
-    paths = checkpoints or [DEFAULT_CHECKPOINT]
-    models = [load_trained(p, dev, plugin_options, command="eval") for p in paths]
+    paths = [*(checkpoints or ([] if weights else [DEFAULT_CHECKPOINT])), *map(Path, weights)]
+    models = [load_trained(p, dev, plugin_options, command="eval", assume=assume) for p in paths]
     console = Console(stderr=as_json, soft_wrap=True)
     extra = {"data": manifest.location, "split": split, "checkpoints": [str(p) for p in paths]}
     if evaluate is not None:

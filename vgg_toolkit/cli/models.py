@@ -12,13 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..contract.model import WeightLayouts
+from ..contract.preprocess import parse_preprocess
 from ..errors import VggtkError
 from ..host.manager import REGISTRY_HOOKS, get_host
 from ..models.factory import check_options, create_model, factory_options
 from ..models.stats import model_stats
+from ..models.foreign import describe_weights
 from ..models.trained import weights_file
-from ..models.weights import load_weights, read_model_info, read_tensors, save_weights
 from ..runtime.console import plain, print_table
 from ..runtime.files import check_output_file
 
@@ -143,37 +143,33 @@ def _literal(text: str):
 
 
 def convert(
-    src: Path = typer.Argument(..., help="Weights to read: a checkpoint directory, .safetensors (any layout) or "
-                               ".pth (read weights-only)."),
+    src: Path = typer.Argument(..., help="Weights to read: a checkpoint directory, .safetensors (any layout), "
+                               ".pth (read weights-only), a Caffe .caffemodel, or a catalogue name."),
     dst: Path = typer.Argument(..., help="Where to write the converted .safetensors file."),
     to: Layout = typer.Option(Layout.vggtk, "--to", help="Layout to write."),
-    arch: Optional[str] = typer.Option(None, help="Architecture of SRC (needed unless SRC was written by vggtk), "
-                                       "e.g. vgg-d."),
-    model: List[str] = typer.Option([], "--model", help="KEY=VALUE option of the architecture when SRC records "
-                                    "none, e.g. --model width=0.25 --model in_chans=1 --model input_size=32."),
+    arch: Optional[str] = typer.Option(None, help="Architecture of SRC, when its tensors do not say it (e.g. "
+                                       "vgg-d); the recorded options are kept for the same architecture."),
+    model: List[str] = typer.Option([], "--model", help="KEY=VALUE option of the architecture, replacing the "
+                                    "recorded one, e.g. --model width=0.25 --model in_chans=1."),
+    preprocess: Optional[str] = typer.Option(None, help="The preprocessing to record: vggtk needs a mean, so "
+                                             "torchvision, caffe, or a JSON file holding a record \\[default: the "
+                                             "recorded one, or by the file's layout]."),
 ):
-    """Convert weights between vggtk, torchvision and timm layouts; the file keeps its model record."""
+    """Convert weights between vggtk, torchvision and timm layouts, or from a Caffe release; the file
+    records the net, its classes, evaluation preset and preprocessing."""
+    from ..models.convert import convert_weights
+
+    prep = parse_preprocess(preprocess, "--preprocess")
     src = weights_file(src)
     if not src.is_file():
         raise VggtkError(f"{src}: no such weights file or checkpoint")
     if dst.exists() and dst.resolve() == src.resolve():
         raise VggtkError(f"{dst}: is the file being converted; write the conversion to another name")
     check_output_file(dst, "weights")
-    recorded = read_model_info(src)
-    if recorded is not None and arch is None and not model:
-        net = create_model(recorded.arch, **recorded.options)
-    elif arch is None:
-        raise VggtkError(f"{src}: no architecture recorded in the file; name it with --arch (e.g. --arch vgg-d)")
-    else:
-        options = _parse_model_options(arch, model)
-        if "num_classes" not in options:
-            # The last 2-D tensor is the classifier: its rows are the classes.
-            last = [t for t in read_tensors(src).values() if t.ndim == 2][-1:]
-            options["num_classes"] = last[0].shape[0] if last else 1000
-        net = create_model(arch, **options)
-        recorded = None
-    found = load_weights(net, src)
-    if to.value != "vggtk" and not isinstance(net, WeightLayouts):
-        raise VggtkError(f"{type(net).__name__} knows only the vggtk layout, not {to.value!r}")
-    save_weights(net, dst, layout=to.value, info=recorded)
-    Console().print(plain(f"{src} ({found} layout) -> {dst} ({to.value} layout), {len(net.state_dict())} tensors"))
+    if dst.suffix != ".safetensors":
+        raise VggtkError(f"{dst}: the converted weights are a safetensors file; give a name ending in .safetensors")
+    options = _parse_model_options(arch or describe_weights(src)[0].arch, model) if model else None
+    info, found = convert_weights(src, dst, to.value, arch=arch, options=options, preprocessing=prep)
+    prep_text = info.preprocessing.describe() if info.preprocessing else "none recorded"
+    Console(soft_wrap=True).print(plain(f"{src} ({found} layout) -> {dst} ({to.value} layout): {info.arch}, "
+                                        f"preprocessing {prep_text}"))

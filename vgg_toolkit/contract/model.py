@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import VggtkError
+from .preprocess import Preprocessing
 from .scale import TrainScale
 
 INFO_ATTRIBUTE = "vggtk_info"
@@ -27,8 +28,10 @@ class ModelInfo:
 
     ``options`` are the factory's keyword arguments (``num_classes``, the width of the last layer,
     included), so ``create_model(arch, **options)`` rebuilds the network. ``classes``, ``train_scale``
-    and ``mean_rgb`` (0-255) are known once it is trained. ``runtime`` records what plugins did when
-    the model was prepared for a device (e.g. which convolutions run fused); it is not saved.
+    and ``mean_rgb`` (0-255) are known once it is trained. ``preprocessing`` says how its input is made
+    from pixels (``contract/preprocess.py``); ``train_scale`` and ``input_size`` are its evaluation
+    preset, from which the paper's protocols pick Q and the crop. ``runtime`` records what plugins did
+    when the model was prepared for a device (e.g. which convolutions run fused); it is not saved.
     """
 
     arch: str
@@ -38,6 +41,7 @@ class ModelInfo:
     classes: tuple[str, ...] | None = None
     train_scale: TrainScale | None = None
     mean_rgb: tuple[float, ...] | None = None
+    preprocessing: Preprocessing | None = None
     runtime: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -50,15 +54,31 @@ class ModelInfo:
         return None if value is None else int(value)
 
     def trained_on(self, classes: Iterable[str] | None, train_scale: TrainScale | None,
-                   mean_rgb: Iterable[float] | None, head: str = "classification") -> "ModelInfo":
+                   mean_rgb: Iterable[float] | None, head: str = "classification",
+                   preprocessing: Preprocessing | None = None) -> "ModelInfo":
+        mean = None if mean_rgb is None else tuple(float(v) for v in mean_rgb)
+        if preprocessing is None and mean is not None:
+            preprocessing = Preprocessing.vggtk(mean)
         return replace(self, classes=None if classes is None else tuple(classes), train_scale=train_scale,
-                       mean_rgb=None if mean_rgb is None else tuple(float(v) for v in mean_rgb), head=head)
+                       mean_rgb=mean, head=head, preprocessing=preprocessing)
+
+    def input_preprocessing(self, data_mean_rgb: Iterable[float] | None = None) -> Preprocessing:
+        """What the net's input is made with: its record; else, for files from before records, vggtk's
+        with the recorded mean colour, or ``data_mean_rgb`` (the data's) when it records none."""
+        if self.preprocessing is not None:
+            return self.preprocessing
+        mean = self.mean_rgb if self.mean_rgb is not None else data_mean_rgb
+        if mean is None:
+            raise VggtkError(f"the {self.arch} net records no preprocessing and no mean colour: name one with "
+                             "--preprocess")
+        return Preprocessing.vggtk(mean)
 
     def to_json(self) -> dict:
         return {"arch": self.arch, "options": dict(self.options), "input_size": self.input_size, "head": self.head,
                 "classes": None if self.classes is None else list(self.classes),
                 "train_scale": None if self.train_scale is None else self.train_scale.to_json(),
-                "mean_rgb": None if self.mean_rgb is None else list(self.mean_rgb)}
+                "mean_rgb": None if self.mean_rgb is None else list(self.mean_rgb),
+                "preprocessing": None if self.preprocessing is None else self.preprocessing.to_json()}
 
     @classmethod
     def from_json(cls, data, where: str) -> "ModelInfo":
@@ -93,8 +113,10 @@ class ModelInfo:
             scale = None if scale is None else TrainScale.parse(scale)
         except VggtkError as exc:
             raise bad(str(exc)) from None
+        prep = data.get("preprocessing")
+        prep = None if prep is None else Preprocessing.from_json(prep, where)
         return cls(arch, dict(options), size, head, None if classes is None else tuple(classes), scale,
-                   None if mean is None else tuple(float(v) for v in mean))
+                   None if mean is None else tuple(float(v) for v in mean), prep)
 
 
 def find_model_info(model: nn.Module) -> ModelInfo | None:
@@ -122,7 +144,8 @@ def set_model_info(model: nn.Module, info: ModelInfo) -> nn.Module:
 class FullyConvolutional(Protocol):
     """Runs its classifier as convolutions (dense evaluation) without changing its weights. One unit
     of the score map steps ``output_stride`` input pixels; dense evaluation trims an image to a
-    multiple of it, centred, so the windows sit symmetrically on the image."""
+    multiple of it, centred, so the windows sit symmetrically on the image, unless the net says
+    ``pools_round_up = True`` (Caffe's pooling: no row is lost, the whole image is seen)."""
 
     fully_conv: bool
     output_stride: int
@@ -150,6 +173,10 @@ class WeightLayouts(Protocol):
     def export_state_dict(self, layout: str) -> dict[str, torch.Tensor]: ...
 
     def import_state_dict(self, tensors: Mapping[str, torch.Tensor], layout: str = "auto") -> str: ...
+
+    def from_layout(self, tensors: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+        """The tensors renamed into the net's own state_dict layout, checked, without copying them (a net
+        built on the meta device can do it: converting needs no second copy of the weights)."""
 
 
 @runtime_checkable

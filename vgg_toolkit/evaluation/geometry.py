@@ -83,6 +83,15 @@ def center_trim(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x[..., top:top + th, left:left + tw]
 
 
+def dense_input(model, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as dense evaluation feeds the fully-convolutional ``model``: trimmed to a multiple of its
+    output stride, centred, so its windows sit symmetrically; whole for a net whose pools round up
+    (``pools_round_up``, as Caffe's do), which loses no rows or columns."""
+    if getattr(model, "pools_round_up", False):
+        return x
+    return center_trim(x, model.output_stride)
+
+
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     return crop_at(x, grid_positions(x.shape[-2], crop, 1)[0], grid_positions(x.shape[-1], crop, 1)[0], crop)
 

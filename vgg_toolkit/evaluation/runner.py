@@ -22,6 +22,7 @@ from torch import nn
 
 from ..contract.evaluator import DescribedEvaluator, ScaledEvaluator
 from ..contract.model import find_model_info
+from ..contract.preprocess import Preprocessing
 from ..contract.scale import TrainScale
 from ..data.errors import check_labels
 from ..errors import VggtkError
@@ -48,20 +49,47 @@ def _num_outputs(model: nn.Module) -> int | None:
     return info.num_outputs if info is not None else None
 
 
+@dataclass(frozen=True)
+class Feed:
+    """What one member of an evaluation is fed, and what of its output counts. ``preprocessing`` makes its
+    input from 0-255 RGB pixels (None: the images are its input already); ``columns`` are the outputs of
+    the data's classes, in the data's order, when the net knows more classes than the data has (their
+    posteriors are renormalised over those classes); None: every output, in order."""
+
+    preprocessing: Preprocessing | None = None
+    columns: tuple[int, ...] | None = None
+
+    def inputs(self, images):
+        if self.preprocessing is None:
+            return images
+        if isinstance(images, torch.Tensor):
+            return self.preprocessing.apply(images)
+        return [self.preprocessing.apply(t) for t in images]
+
+    def outputs(self, posteriors: torch.Tensor) -> torch.Tensor:
+        if self.columns is None:
+            return posteriors
+        picked = posteriors[:, list(self.columns)]
+        return picked / picked.sum(dim=1, keepdim=True).clamp_min(torch.finfo(picked.dtype).tiny)
+
+
 def check_same_classes(models: Sequence[nn.Module], class_lists: Sequence[Sequence[str] | None] | None = None,
-                       names: Sequence[str] | None = None) -> list[str] | None:
+                       names: Sequence[str] | None = None,
+                       widths: Sequence[int | None] | None = None) -> list[str] | None:
     """Check that the members of an ensemble predict the same classes, in the same order.
 
     ``class_lists[i]`` (else the classes in member i's model info, else unknown) are its class names.
     Averaging posteriors of nets with different class lists would silently mix classes, so any
-    difference is a VggtkError naming both members. Returns the common class list, if any is known.
+    difference is a VggtkError naming both members. ``widths[i]``, where given, is the number of member
+    i's posteriors that count (its ``Feed.columns``). Returns the common class list, if any is known.
     """
     names = list(names) if names is not None else [f"model {i + 1} ({_model_name(m)})" for i, m in enumerate(models)]
     if class_lists is None:
         class_lists = [getattr(find_model_info(m), "classes", None) for m in models]
     if len(class_lists) != len(models) or len(names) != len(models):
         raise VggtkError(f"{len(models)} models but {len(class_lists)} class lists and {len(names)} names")
-    counts = [(_num_outputs(m), n) for m, n in zip(models, names)]
+    widths = list(widths) if widths is not None else [_num_outputs(m) for m in models]
+    counts = list(zip(widths, names))
     known = [(c, n) for c, n in counts if c is not None]
     for c, n in known[1:]:
         if c != known[0][0]:
@@ -88,17 +116,20 @@ def check_same_classes(models: Sequence[nn.Module], class_lists: Sequence[Sequen
 
 
 def ensemble_posteriors(models: Sequence[nn.Module], evaluator: Callable, images,
-                        autocast: bool | None = None) -> torch.Tensor:
+                        autocast: bool | None = None, feeds: Sequence[Feed] | None = None) -> torch.Tensor:
     """Mean of the members' posteriors on the CPU (the paper averages soft-max outputs, Sec. 4.4). Each
-    member sees the images on its own device, under its device's precision policy."""
+    member sees the images on its own device, under its device's precision policy, made into its input
+    by its ``Feed`` (``feeds``, one per member; by default the images are every member's input)."""
     if isinstance(models, nn.Module):
         models = [models]
+    feeds = list(feeds) if feeds is not None else [Feed()] * len(models)
     n = _count(images)
     total = None
-    for model in models:
+    for model, feed in zip(models, feeds):
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with mixed_precision(device, autocast):
-            p = _posteriors_of(evaluator, model, _to(images, device), n).float().cpu().reshape(n, -1)
+            p = _posteriors_of(evaluator, model, feed.inputs(_to(images, device)), n).float().cpu().reshape(n, -1)
+        p = feed.outputs(p)
         total = p if total is None else total + p
     return total / len(models)
 
@@ -217,11 +248,13 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
                    class_lists: Sequence[Sequence[str] | None] | None = None,
                    model_names: Sequence[str] | None = None, topk: Sequence[int] = (1, 5),
                    total: int | None = None, progress: bool | None = None, console=None,
-                   autocast: bool | None = None) -> EvalResult:
+                   autocast: bool | None = None, feeds: Sequence[Feed] | None = None) -> EvalResult:
     """Evaluate ``models`` (an ensemble when more than one) with ``evaluator`` over ``batches``.
 
-    ``batches`` yields ``(images, labels)``: images an NCHW float tensor (normalised) or a list of CHW
-    tensors of any sizes, labels ints. Each model's posteriors come from ``evaluator(model, images)``;
+    ``batches`` yields ``(images, labels)``: images an NCHW tensor or a list of CHW tensors of any sizes,
+    labels ints. Images are each model's input, or, with ``feeds`` (one ``Feed`` per model), 0-255 RGB
+    pixels that each feed makes into its model's input. Each model's posteriors come from
+    ``evaluator(model, images)``;
     the ensemble's are their mean (``ensemble_posteriors``). The members' class lists (``class_lists``,
     else their model info) are checked to agree; ``class_names`` labels the per-class output and
     defaults to the common class list. ``total`` (images) sizes the progress bar, shown on a terminal
@@ -236,9 +269,13 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
     if not models:
         raise VggtkError("no models to evaluate")
     names = list(model_names) if model_names is not None else [_model_name(m) for m in models]
-    common = check_same_classes(models, class_lists, [f"{n} (model {i + 1})" for i, n in enumerate(names)])
+    feeds = list(feeds) if feeds is not None else [Feed()] * len(models)
+    if len(feeds) != len(models):
+        raise VggtkError(f"{len(models)} models but {len(feeds)} feeds")
+    widths = [len(f.columns) if f.columns is not None else _num_outputs(m) for m, f in zip(models, feeds)]
+    common = check_same_classes(models, class_lists, [f"{n} (model {i + 1})" for i, n in enumerate(names)], widths)
     class_names = list(class_names) if class_names is not None else common
-    counts = {_num_outputs(m) for m in models} - {None}
+    counts = set(widths) - {None}
     if class_names is not None and counts and len(class_names) not in counts:
         raise VggtkError(f"{len(class_names)} class names for {counts.pop()}-class nets")
     console = console or Console(stderr=True)
@@ -262,7 +299,7 @@ def run_evaluation(models: nn.Module | Sequence[nn.Module], evaluator: Callable,
                 raise VggtkError(f"a batch has {n} images but {labels.numel()} labels")
             _sync(devices)
             start = time.perf_counter()
-            posteriors = ensemble_posteriors(models, evaluator, images, autocast)
+            posteriors = ensemble_posteriors(models, evaluator, images, autocast, feeds)
             _sync(devices)
             seconds += time.perf_counter() - start
             # said now, not after a long run: the labels and the nets disagree on the classes

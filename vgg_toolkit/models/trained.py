@@ -1,34 +1,46 @@
-"""Trained networks on disk: a checkpoint directory or a vggtk weights file, read back into a ready
-model; and starting a new net from a trained one (fine-tuning, or the paper's A -> deeper)."""
+"""Trained networks on disk: a checkpoint directory, a vggtk weights file, weights written elsewhere
+(torchvision, timm, a Caffe release) or a catalogue name, read back into a ready model; and starting a
+new net from a trained one (fine-tuning, or the paper's A -> deeper)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from ..contract.model import ModelInfo, WarmStart, WeightLayouts, model_info, set_model_info
+from ..contract.preprocess import Preprocessing
 from ..errors import VggtkError, WeightsError
+from ..runtime.console import notice
 from .factory import create_model, prepare_model
-from .weights import (check_values, fit_problems, load_weights, read_metadata, read_model_info, read_shapes,
-                      read_tensors)
+from .foreign import describe_weights
+from .weights import check_values, fit_problems, load_state, load_weights, read_metadata, read_shapes, read_tensors
 
 WEIGHTS_NAME = "model.safetensors"
 
 
 def weights_file(path: str | os.PathLike) -> Path:
-    """The weights of a checkpoint directory, or ``path`` itself when it is a weights file."""
+    """The weights of a checkpoint directory; a catalogue name's file (fetched once, checked, into torch's
+    hub cache); else ``path`` itself, a weights file."""
     path = Path(path)
-    return path / WEIGHTS_NAME if path.is_dir() else path
+    if path.is_dir():
+        return path / WEIGHTS_NAME
+    if not path.exists():
+        from .catalogue import find_entry, local_weights
+
+        entry = find_entry(str(path))
+        if entry is not None:
+            return local_weights(entry)
+    return path
 
 
-def build_for(info: ModelInfo, weights: Path) -> nn.Module:
+def build_for(info: ModelInfo, weights: Path, layout: str | None = None) -> nn.Module:
     """The network ``info`` describes, once its tensor shapes are checked against the file's header: a
     record that does not match (crafted, or damaged) costs nothing before it is refused."""
-    layout = read_metadata(weights).get("layout", "vggtk")
+    layout = layout or read_metadata(weights).get("layout", "vggtk")
     with torch.device("meta"):  # shapes only: no memory, no arithmetic
         skeleton = create_model(info.arch, **info.options)
     if layout == "vggtk":
@@ -46,55 +58,80 @@ def build_for(info: ModelInfo, weights: Path) -> nn.Module:
 
 
 def load_trained(path: str | os.PathLike, device: Any = "cpu", options: Mapping[str, Any] | None = None,
-                 command: str = "eval") -> nn.Module:
-    """A trained model from a checkpoint directory or a vggtk ``.safetensors`` file, in eval mode, on
-    ``device``, prepared with the plugins' runtime ``options``; ``model_info(model)`` tells its classes,
-    training scale and mean colour."""
+                 command: str = "eval", assume: Preprocessing | None = None,
+                 say: Callable[[str], None] | None = notice) -> nn.Module:
+    """A trained model, in eval mode, on ``device``, prepared with the plugins' runtime ``options``, from
+    a checkpoint directory, a vggtk ``.safetensors`` file, weights written elsewhere (torchvision, timm:
+    ``.pth`` or ``.safetensors``; ``.caffemodel``) or a catalogue name. ``model_info(model)`` tells its
+    classes, evaluation preset and preprocessing. What was assumed of a file that records nothing (its
+    family's preprocessing, or ``assume``) is said through ``say`` (a line on stderr by default)."""
     path = Path(path)
     weights = weights_file(path)
     if not weights.is_file():
-        raise VggtkError(f"{path}: no checkpoint here (expected a checkpoint directory or a .safetensors file)")
-    info = read_model_info(weights)
-    if info is None:
-        raise VggtkError(f"{weights}: records no architecture; convert it with `vggtk convert --arch ...` first")
+        raise VggtkError(f"{path}: no checkpoint here (expected a checkpoint directory, a weights file or a name "
+                         "`vggtk weights list` shows)")
+    info, layout, said = describe_weights(weights, assume)
+    if said and say is not None:
+        say(said)
     try:
-        model = build_for(info, weights)
+        model = build_for(info, weights, layout)
     except VggtkError as exc:
         raise VggtkError(exc if str(weights) in str(exc) else f"{weights}: {exc}") from None
-    load_weights(model, weights)
+    load_weights(model, weights, layout)
     set_model_info(model, info)
     return prepare_model(model, device, options, command).eval()
 
 
 def initialise_from(model: nn.Module, source: str | os.PathLike) -> list[str]:
     """Start ``model`` from a trained net (Sec. 3.1): every tensor when it is the same architecture (or a
-    file that records none); the same architecture with another last layer (a localisation head started
-    from a classifier, Appendix A) gets everything but that layer, which keeps its random init; another
-    architecture of the family, what its ``warm_start`` takes. Returns the names of the layers copied."""
+    file that says nothing of its net); the same architecture with another last layer (a localisation
+    head started from a classifier, Appendix A; an ImageNet net fine-tuned on new classes) gets
+    everything but that layer, which keeps its random init; another architecture of the family, what
+    its ``warm_start`` takes. Weights in another layout (torchvision, timm, Caffe) are read through it.
+    Returns the names of the layers copied."""
     weights = weights_file(source)
-    theirs = read_model_info(weights)
     ours = model_info(model)
-    if theirs is not None and theirs.arch == ours.arch and theirs.num_outputs != ours.num_outputs:
-        return _all_but_the_last_layer(model, weights)
-    if theirs is None or theirs.arch == ours.arch:
+    try:
+        theirs, layout, _ = describe_weights(weights)
+    except WeightsError:  # a file no plugin recognises: its tensors must fit this net as they are
         load_weights(model, weights)
-        return sorted({k.rsplit(".", 1)[0] for k in model.state_dict() if not k.endswith("num_batches_tracked")})
+        return _layers(model.state_dict())
+    tensors = _vggtk_tensors(weights, theirs, layout)
+    if theirs.arch == ours.arch and theirs.num_outputs != ours.num_outputs:
+        return _all_but_the_last_layer(model, tensors, weights)
+    if theirs.arch == ours.arch:
+        try:
+            load_state(model, tensors)
+        except WeightsError as exc:
+            raise WeightsError(f"{weights}: {exc}") from None
+        return _layers(model.state_dict())
     if not isinstance(model, WarmStart):
         raise VggtkError(f"{weights}: cannot initialise {ours.arch} from {theirs.arch}: {ours.arch} takes weights "
                          "only from its own architecture")
-    tensors = read_tensors(weights)
-    check_values(tensors, str(weights))
     try:
         return model.warm_start(tensors, theirs)
     except WeightsError as exc:
         raise WeightsError(f"{weights}: cannot initialise {ours.arch} from {theirs.arch}: {exc}") from None
 
 
-def _all_but_the_last_layer(model: nn.Module, weights: Path) -> list[str]:
-    """Every tensor of ``weights`` into ``model`` but those of its last layer (the last two entries of the
-    state_dict, weight and bias), which differ in width; any other difference is an error."""
-    tensors = read_tensors(weights)
-    check_values(tensors, str(weights))
+def _layers(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    return sorted({k.rsplit(".", 1)[0] for k in tensors if not k.endswith("num_batches_tracked")})
+
+
+def _vggtk_tensors(weights: Path, info: ModelInfo, layout: str) -> dict[str, torch.Tensor]:
+    """The file's tensors in vggtk's layout (read through the net it holds when it is in another)."""
+    if layout == "vggtk":
+        tensors = read_tensors(weights)
+        check_values(tensors, str(weights))
+        return tensors
+    net = build_for(info, weights, layout)
+    load_weights(net, weights, layout)
+    return net.state_dict()
+
+
+def _all_but_the_last_layer(model: nn.Module, tensors: Mapping[str, torch.Tensor], weights: Path) -> list[str]:
+    """Every tensor into ``model`` but those of its last layer (the last two entries of the state_dict,
+    weight and bias), which differ in width; any other difference is an error."""
     ours = model.state_dict()
     last = set(list(ours)[-2:])
     keep = {k: t for k, t in tensors.items() if k not in last}
@@ -103,4 +140,4 @@ def _all_but_the_last_layer(model: nn.Module, weights: Path) -> list[str]:
     if problems:
         raise WeightsError(f"{weights}: only the last layer may differ, but: " + "; ".join(problems[:3]))
     model.load_state_dict(keep, strict=False)
-    return sorted({k.rsplit(".", 1)[0] for k in keep if not k.endswith("num_batches_tracked")})
+    return _layers(keep)

@@ -1,4 +1,5 @@
-"""Reading and writing weights: safetensors in any layout the model knows, ``.pth`` without unpickling.
+"""Reading and writing weights: safetensors in any layout the model knows, ``.pth`` without unpickling,
+Caffe's ``.caffemodel`` (``caffe.py``).
 
 Every file vggtk writes records the model's ``ModelInfo`` in its metadata, so a weights file alone
 rebuilds its network, with its classes, training scale and mean colour once trained.
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import nn
 
 from ..contract.model import ModelInfo, WeightLayouts, find_model_info
@@ -31,7 +33,8 @@ def _open_safetensors(path: Path):
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a ``.safetensors`` file, or of a ``.pth``/``.pt`` file read with ``weights_only=True``."""
+    """All tensors of a ``.safetensors`` file, a ``.caffemodel``, or a ``.pth``/``.pt`` file read with
+    ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
@@ -40,8 +43,21 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from None
+    if path.suffix == ".caffemodel":
+        from .caffe import read_caffemodel
+
+        return read_caffemodel(path)
+    return _read_pth(path)
+
+
+def _read_pth(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as exc:  # an old (non-zip) file cannot be mapped: read it whole
+            if not mmap or "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors come in many types
         raise WeightsError(f"{path}: cannot be read as a weights-only PyTorch file ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -54,10 +70,19 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes of a ``.safetensors`` file, from its header alone (no tensor is read)."""
+    """Tensor shapes of a weights file without reading its values: a safetensors header, a
+    ``.caffemodel``'s records, a ``.pth`` mapped into memory (an old non-zip one is read whole)."""
     path = Path(path)
-    with _open_safetensors(path) as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        with _open_safetensors(path) as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if path.suffix == ".caffemodel":
+        from .caffe import read_caffemodel
+
+        return {k: tuple(t.shape) for k, t in read_caffemodel(path, data=False).items()}
+    return {k: tuple(t.shape) for k, t in _read_pth(path, mmap=True).items()}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -82,13 +107,14 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
 
 
 def check_values(tensors: Mapping[str, torch.Tensor], where: str) -> None:
-    """Weights must be floating point and finite; integer buffers (BatchNorm's counter) may be integers."""
+    """Weights must be floating point and finite; integer buffers (BatchNorm's counter) may be integers.
+    Checked a slice at a time: ``isfinite`` over VGG's FC6 at once makes temporaries larger than it."""
     for key, t in tensors.items():
         if key.endswith("num_batches_tracked"):
             continue
         if not t.is_floating_point():
             raise WeightsError(f"{where}: {key} holds {t.dtype} values, not floating-point weights")
-        if t.numel() and not bool(torch.isfinite(t).all()):
+        if not all(bool(torch.isfinite(part).all()) for part in t.reshape(-1).split(1 << 22)):
             raise WeightsError(f"{where}: {key} holds NaN or infinite values")
 
 
@@ -147,13 +173,40 @@ def save_weights(model: nn.Module, path: str | os.PathLike, layout: str = "vggtk
     return save_safetensors(tensors, path, metadata)
 
 
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                      metadata: Mapping[str, str], kind: str = "weights") -> Path:
     """Tensors and string metadata as one safetensors file, written atomically, with vggtk's mark of
-    ``kind``."""
-    # safetensors refuses shared or non-contiguous storage; copies are small next to a disk write.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={**metadata, **mark(kind)})
+    ``kind``. The format (an 8-byte header length, a JSON header, the raw little-endian values) is
+    written here tensor by tensor from the tensors' own memory: converting a 553 MB net never holds a
+    second copy of it, as serialising to one buffer first would."""
+    header: dict = {}
+    parts: list[torch.Tensor] = []
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES:
+            raise WeightsError(f"{name}: {t.dtype} values cannot be saved")
+        t = t.detach().to("cpu").contiguous()
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        parts.append(t)
+        offset += size
+    header["__metadata__"] = {**metadata, **mark(kind)}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the values start 8-byte aligned
+    with atomic_file(path) as tmp, open(tmp, "wb") as out:
+        _write_values(out, text, parts)
     return Path(path)
+
+
+def _write_values(out, header: bytes, parts: list[torch.Tensor]) -> None:
+    out.write(struct.pack("<Q", len(header)))
+    out.write(header)
+    for t in parts:
+        if t.numel():
+            out.write(t.reshape(-1).view(torch.uint8).numpy().data)
 

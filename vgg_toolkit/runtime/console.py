@@ -4,6 +4,7 @@ from data (class names, file names) shown as it is, never read as markup or term
 from __future__ import annotations
 
 import re
+import sys
 
 from rich.console import Console
 from rich.measure import Measurement
@@ -36,3 +37,8 @@ def print_table(console: Console, table) -> None:
         console.print(table, crop=False)
     finally:
         console.width = width
+
+
+def notice(line: str) -> None:
+    """One line for the user on stderr, beside a command's output (what was assumed, what was fetched)."""
+    print(one_line(line), file=sys.stderr)

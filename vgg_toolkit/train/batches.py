@@ -18,7 +18,8 @@ import torch
 from ..data.batched import BatchGeometry, augment_batch, flip_and_shift
 from ..data.device_decode import DeviceDecoder
 from ..data.errors import DataError, SkipLog, check_labels, handle
-from ..data.loader import Batch, make_loader, normalize_on_device, read_split
+from ..contract.preprocess import Preprocessing
+from ..data.loader import Batch, make_loader, read_split
 from ..data.shards.manifest import Manifest
 from ..data.shards.reader import sample_generator, sample_seed
 from ..runtime.distributed import DistEnv
@@ -72,14 +73,14 @@ class InMemorySource:
     """
 
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                 num_classes: int, mean: Iterable[float], train_transform: Transform | None = None, seed: int = 0,
+                 num_classes: int, preprocessing: Preprocessing, train_transform: Transform | None = None, seed: int = 0,
                  keys: list[str] | None = None, skipped: SkipLog | None = None):
         self.train_images, self.train_labels = train
         self.val_images, self.val_labels = val
         check_labels(self.train_labels, num_classes, "the training split")
         check_labels(self.val_labels, num_classes, "the validation split")
         self.keys = keys if keys is not None else [str(i) for i in range(len(self.train_labels))]
-        self.seed, self.train_transform, self.mean = seed, train_transform, list(mean)
+        self.seed, self.train_transform, self.preprocessing = seed, train_transform, preprocessing
         self._skipped = skipped or SkipLog()
 
     def _augment(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, index: torch.Tensor) -> torch.Tensor:
@@ -134,14 +135,14 @@ class InMemorySource:
             yield Batch(self.val_images[i:i + batch_size], self.val_labels[i:i + batch_size])
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return normalize_on_device(images, self.mean)
+        return self.preprocessing.apply(images)
 
     def finish(self, batch: Batch, device: torch.device, epoch: int) -> torch.Tensor:
         return self.normalize(batch.images.to(device, non_blocking=True))  # augmented whole, in memory
 
     @classmethod
     def from_shards(cls, manifest: Manifest, train_transform: Transform, seed: int, workers: int,
-                    on_error: str) -> "InMemorySource":
+                    on_error: str, preprocessing: Preprocessing) -> "InMemorySource":
         """Decode the train and val splits once, up front."""
         skipped = SkipLog()
 
@@ -153,8 +154,7 @@ class InMemorySource:
 
         train, keys = decoded("train", skipped)
         val, _ = decoded("val")
-        return cls(train, val, manifest.num_classes, manifest.stats.mean_rgb_255, train_transform, seed, keys,
-                   skipped)
+        return cls(train, val, manifest.num_classes, preprocessing, train_transform, seed, keys, skipped)
 
 
 class ShardSource:
@@ -167,7 +167,8 @@ class ShardSource:
     decode again from the next epoch on."""
 
     def __init__(self, manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str,
-                 with_boxes: bool = False, decoder: DeviceDecoder | None = None):
+                 with_boxes: bool = False, decoder: DeviceDecoder | None = None,
+                 preprocessing: Preprocessing | None = None):
         self.manifest, self.seed, self.workers, self.on_error = manifest, seed, workers, on_error
         self.with_boxes = with_boxes
         self.decoder = None if with_boxes else decoder
@@ -180,7 +181,7 @@ class ShardSource:
             while n and getattr(steps[n - 1], "device_ok", False) and callable(getattr(steps[n - 1], "batch", None)):
                 n -= 1
             self.train_transform, self.device_ops = train_transform.split_at(n)
-        self.mean = manifest.stats.mean_rgb_255
+        self.preprocessing = preprocessing or Preprocessing.vggtk(manifest.stats.mean_rgb_255)
         self._skipped = SkipLog()
 
     def split_layout(self, env: DistEnv) -> dict:
@@ -216,7 +217,7 @@ class ShardSource:
                               on_error=self.on_error, with_boxes=self.with_boxes)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return normalize_on_device(images, self.mean)
+        return self.preprocessing.apply(images)
 
     def finish(self, batch: Batch, device: torch.device, epoch: int) -> torch.Tensor:
         if batch.pending is not None:
@@ -264,12 +265,14 @@ IN_MEMORY_LIMIT = 2 << 30  # decoded bytes of the training split below which it 
 
 
 def source_for(manifest: Manifest, train_transform: Transform, seed: int, workers: int, on_error: str,
-               with_boxes: bool = False, decoder: DeviceDecoder | None = None) -> BatchSource:
+               preprocessing: Preprocessing, with_boxes: bool = False,
+               decoder: DeviceDecoder | None = None) -> BatchSource:
     """In memory when every image has one size, the training split fits in IN_MEMORY_LIMIT and no boxes
-    are needed; else streamed (JPEGs decoded on the device by ``decoder``, when given)."""
+    are needed; else streamed (JPEGs decoded on the device by ``decoder``, when given). Batches reach the
+    net made into its input by ``preprocessing``."""
     side = manifest.uniform_side
     if not with_boxes and side is not None and manifest.samples("train") * manifest.channels * side ** 2 \
             < IN_MEMORY_LIMIT:
-        return InMemorySource.from_shards(manifest, train_transform, seed, workers, on_error)
-    return ShardSource(manifest, train_transform, seed, workers, on_error, with_boxes, decoder)
+        return InMemorySource.from_shards(manifest, train_transform, seed, workers, on_error, preprocessing)
+    return ShardSource(manifest, train_transform, seed, workers, on_error, with_boxes, decoder, preprocessing)
 

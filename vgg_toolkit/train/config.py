@@ -42,6 +42,11 @@ def _device(v):
     return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) else "must be auto, cpu, cuda or cuda:N"
 
 
+def _preprocess(v):
+    return None if v in ("vggtk", "torchvision", "caffe") or v.endswith(".json") else \
+        "must be vggtk, torchvision, caffe or a .json file"
+
+
 def _momentum(v):
     return None if 0 <= v < 1 else "must lie in [0, 1)"
 
@@ -83,6 +88,9 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model.", None, True)
     init_from: str | None = option(None, "Checkpoint or weights to start from (fine-tune, or a shallower net "
                                          "of the same family, e.g. A -> D).", None, True)
+    preprocess: str | None = option(None, "How the net's input is made from pixels: vggtk (the data's mean "
+                                          "colour), torchvision, caffe, or a JSON file holding a record [default: "
+                                          "vggtk; with --init-from, the starting net's].", _preprocess)
     finetune: str = option("all", "Which parameters train: all, or fc (the fully-connected layers only, the "
                                   "rest frozen; where the architecture offers it).")
     workers: int = option(0, "Decoding worker processes while loading the shards.", _at_least(0), True)

@@ -108,7 +108,7 @@ class _Run:
         torch.manual_seed(derived_seed(self.config.seed, "init"))  # the same initial weights on every rank
         self.model = create_model(plan.arch, num_classes=plan.num_outputs, **plan.model_options)
         self.info = model_info(self.model).trained_on(plan.facts.classes, plan.scale, plan.facts.mean_rgb,
-                                                      head=self.config.head)
+                                                      head=self.config.head, preprocessing=plan.preprocessing)
         set_model_info(self.model, self.info)
         self.schedule = PlateauSchedule(plan.lr, patience=self.config.lr_patience,
                                         max_drops=self.config.max_lr_drops)

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 import torch
 from ..contract.data import DataFacts
-from ..contract.model import FinetuneScopes
+from ..contract.model import FinetuneScopes, ModelInfo
+from ..contract.preprocess import Preprocessing
 from ..contract.scale import TrainScale
 from ..contract.task import Head
-from ..errors import VggtkError
+from ..errors import VggtkError, WeightsError
 from ..host.manager import get_host
 from ..models.factory import architecture, check_options, create_model
-from ..models.trained import read_model_info, weights_file
+from ..models.foreign import describe_weights
+from ..models.trained import weights_file
 from .config import TrainConfig, resumable_keys
 
 FINE_TUNE_LR = 1e-3  # the paper's rate when it continues training a net (S = 384 from S = 256)
@@ -29,6 +31,7 @@ class RunPlan:
     num_outputs: int  # width of the last layer, as the head asks
     scale: TrainScale
     lr: float
+    preprocessing: Preprocessing  # how the net's input is made from pixels, recorded with its weights
 
     @property
     def input_size(self) -> int:
@@ -45,7 +48,8 @@ class RunPlan:
         out.update({k: v for k, v in self.config.runtime.items() if k not in loose})
         out.update(arch=self.arch, model=self.model_options, num_outputs=self.num_outputs,
                    scale=self.scale.to_json(), lr=self.lr, classes=list(self.facts.classes),
-                   channels=self.facts.channels, mean_rgb=list(self.facts.mean_rgb))
+                   channels=self.facts.channels, mean_rgb=list(self.facts.mean_rgb),
+                   preprocessing=self.preprocessing.to_json())
         return out
 
     def to_json(self) -> dict:
@@ -53,7 +57,7 @@ class RunPlan:
         config["scale"] = None if self.config.scale is None else self.config.scale.to_json()
         return {"config": config, "facts": self.facts.to_json(), "arch": self.arch,
                 "model_options": self.model_options, "num_outputs": self.num_outputs,
-                "scale": self.scale.to_json(), "lr": self.lr}
+                "scale": self.scale.to_json(), "lr": self.lr, "preprocessing": self.preprocessing.to_json()}
 
 
 def make_head(name: str) -> Head:
@@ -93,10 +97,32 @@ def plan_run(config: TrainConfig, facts: DataFacts) -> RunPlan:
         raise VggtkError(f"--finetune {config.finetune}: {entry.name} can train {' or '.join(scopes)}")
     lr = config.lr if config.lr is not None else (
         FINE_TUNE_LR if config.init_from and _same_architecture(config.init_from, entry.name) else DEFAULT_LR)
-    return RunPlan(config, facts, entry.name, options, head.num_outputs(facts.num_classes), scale, lr)
+    return RunPlan(config, facts, entry.name, options, head.num_outputs(facts.num_classes), scale, lr,
+                   _preprocessing(config, facts))
+
+
+def _preprocessing(config: TrainConfig, facts: DataFacts) -> Preprocessing:
+    """``--preprocess`` when given; else a net started from one trained elsewhere (torchvision, Caffe)
+    keeps that net's input convention; else vggtk's, with the data's mean colour."""
+    if config.preprocess is not None:
+        if config.preprocess.endswith(".json"):
+            return Preprocessing.load(config.preprocess)
+        return Preprocessing.named(config.preprocess, facts.mean_rgb)
+    source = _source_info(config.init_from) if config.init_from else None
+    if source is not None and source.preprocessing is not None and source.preprocessing.family != "vggtk":
+        return source.preprocessing
+    return Preprocessing.vggtk(facts.mean_rgb)
+
+
+def _source_info(init_from: str) -> ModelInfo | None:
+    """The net a run starts from: its record, or what its tensors say (a torchvision or Caffe file)."""
+    try:
+        return describe_weights(weights_file(init_from))[0]
+    except WeightsError:  # a file no plugin recognises: its tensors are checked when they are loaded
+        return None
 
 
 def _same_architecture(init_from: str, arch: str) -> bool:
-    info = read_model_info(weights_file(init_from))
+    info = _source_info(init_from)
     return info is not None and architecture(info.arch).name == arch
 

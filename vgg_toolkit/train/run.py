@@ -38,7 +38,8 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     reporter = TrainReporter(run_dir, console or Console(soft_wrap=True))
     with_boxes = isinstance(plan.head(), BoxTargets)
     decoder = _decoder(config, with_boxes, reporter)
-    source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error, with_boxes, decoder)
+    source = source_for(manifest, train_pipe, config.seed, config.workers, config.on_error, plan.preprocessing,
+                        with_boxes, decoder)
     if decoder is not None and not isinstance(source, ShardSource):
         _notice(reporter, "these images are decoded once, into memory, before training")
     result = train(plan, source, run_dir, resume=None if resume == "none" else resume, on_event=reporter)
