@@ -12,6 +12,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import vgg_toolkit as vt
+from pretrained_refs import torchvision_state
 from realdata import fashion_sample
 from vgg_toolkit.cli import main
 from vgg_toolkit.models.weights import save_safetensors
@@ -116,6 +118,25 @@ def world(shards, trained, tmp_path_factory):
     shutil.copy(weights, user / "feat" / "val.safetensors")
     save_safetensors({"features": torch.zeros(2, 3)}, user / "features.safetensors", {}, kind="features")
     Image.fromarray(images[0][0].numpy()).save(w / "photo.png")
+    # Weights written elsewhere, damaged or crafted: a BatchNorm net with a negative variance, float8 values,
+    # a key that is not a name, a sparse tensor, a 3 MB file whose last layer is a stride-0 view of 2^30 rows.
+    bn = vt.create_model("vgg-a", num_classes=3, in_chans=1, width=1 / 16, fc_dim=16, input_size=32, batch_norm=True)
+    state = bn.export_state_dict("torchvision")
+    state["features.1.running_var"][0] = -1.0
+    torch.save(state, w / "negvar.pth")
+    plain = vt.create_model("vgg-a", num_classes=3, in_chans=1, width=1 / 16, fc_dim=16, input_size=32)
+    tv = plain.export_state_dict("torchvision")
+    torch.save({**tv, "features.0.weight": tv["features.0.weight"].to(torch.float8_e4m3fn)}, w / "fp8.pth")
+    torch.save({**tv, 7: torch.zeros(1)}, w / "intkey.pth")
+    torch.save({**tv, "features.0.bias": tv["features.0.bias"].to_sparse()}, w / "sparse.pth")
+    torch.save({**tv, "classifier.6.weight": torch.zeros(1, 16).expand(1 << 30, 16),
+                "classifier.6.bias": torch.zeros(1).expand(1 << 30)}, w / "bomb.pth")
+    (w / "tinystd.json").write_text('{"family": "custom", "channel_order": "RGB", "pixel_range": 1, '
+                                    '"mean": [0, 0, 0], "std": [1e-40, 1, 1]}')
+    (w / "bigint.json").write_text('{"family": "custom", "channel_order": "RGB", "pixel_range": 1' + "0" * 400 +
+                                   ', "mean": [0, 0, 0], "std": [1, 1, 1]}')
+    (w / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    torch.save(torchvision_state(seed=3, classes=3), w / "tv-rgb.pth")
     return w, user
 
 
@@ -224,11 +245,34 @@ CASES = [
     ("convert with a preprocessing record of NaN", ["convert", "{run}/best", "{w}/x.safetensors", "--preprocess",
                                                    "{w}/nan-prep.json"], "nan-prep.json"),
     ("convert to a .pth name", ["convert", "{run}/best", "{w}/x.pth"], "ending in .safetensors"),
+    ("convert a BN file with a negative variance", ["convert", "{w}/negvar.pth", "{w}/x.safetensors"],
+     "features.1.running_var holds negative variances"),
+    ("eval a BN file with a negative variance", ["eval", "{w}/negvar.pth", "--data", "{shards}"], "negvar.pth"),
+    ("convert float8 weights", ["convert", "{w}/fp8.pth", "{w}/x.safetensors"], "float8_e4m3fn values"),
+    ("convert a state_dict keyed by a number", ["convert", "{w}/intkey.pth", "{w}/x.safetensors"],
+     "intkey.pth: holds no state_dict of named tensors"),
+    ("convert a sparse tensor", ["convert", "{w}/sparse.pth", "{w}/x.safetensors"], "features.0.bias is a torch.sparse"),
+    ("convert a stride-0 bomb", ["convert", "{w}/bomb.pth", "{w}/x.safetensors"],
+     "classifier.6.weight claims 17,179,869,184 values"),
+    ("convert with std 1e-40", ["convert", "{run}/best", "{w}/x.safetensors", "--preprocess", "{w}/tinystd.json"],
+     "must lie in [0.0001, 10000]"),
+    ("convert with a 400-digit number", ["convert", "{run}/best", "{w}/x.safetensors", "--preprocess",
+                                         "{w}/bigint.json"], "bigint.json"),
+    ("convert with a record nested 100,000 deep", ["convert", "{run}/best", "{w}/x.safetensors", "--preprocess",
+                                                   "{w}/deep.json"], "deep.json"),
+    ("convert with num_classes=0", ["convert", "{w}/tv-rgb.pth", "{w}/x.safetensors", "--model", "num_classes=0"],
+     "num_classes=0: must be a positive whole number"),
+    ("predict with nets taking other channels", ["predict", "{run}/best", "{w}/tv-rgb.pth", "{w}/photo.png"],
+     "tv-rgb.pth: 3"),
     ("convert a text file named .caffemodel", ["convert", "{user}/notes.caffemodel", "{w}/x.safetensors"],
      "notes.caffemodel: not a readable Caffe model"),
     # pretrained weights by name
     ("fetch weights by a misspelt name", ["weights", "fetch", "vgg16-cafe"], "did you mean 'vgg16-caffe'"),
     ("eval weights by an unknown name", ["eval", "--weights", "vgg99-caffe", "--data", "{shards}"], "vgg99-caffe"),
+    ("eval weights by a misspelt name", ["eval", "--weights", "vgg16-torchvisio", "--data", "{shards}"],
+     "did you mean 'vgg16-torchvision'"),
+    ("extract features at an unknown tap", ["extract-features", "{run}/best", "--data", "{shards}", "--tap", "conv9_9",
+                                            "--out", "{w}/f9"], "--tap 'conv9_9'"),
     ("train with an unknown preprocessing", ["train", "--data", "{shards}", "--preprocess", "pil", "--run-dir",
                                              "{w}/r3"], "--preprocess"),
     # transfer

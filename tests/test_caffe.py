@@ -62,6 +62,14 @@ def _dense_scores(model, x):
         return model(vt.dense_input(model, x)).mean(dim=(2, 3))[0]
 
 
+def test_naming_the_architecture_keeps_caffes_semantics(weights, tmp_path):
+    write_vgg(tmp_path / "net.caffemodel", weights, BLOCKS)
+    result = vggtk("convert", tmp_path / "net.caffemodel", tmp_path / "d.safetensors", "--arch", "vgg16")
+    assert result.exit_code == 0, result.output
+    info = read_model_info(tmp_path / "d.safetensors")
+    assert info.options["ceil_pool"] and info.preprocessing == vt.Preprocessing.caffe()
+
+
 def test_the_centre_view_of_a_converted_release_is_caffes_at_224(weights, tmp_path):
     write_vgg(tmp_path / "net.caffemodel", weights, BLOCKS)
     model = vt.load_trained(tmp_path / "net.caffemodel", say=None)  # read directly, converted in memory
@@ -106,6 +114,15 @@ def _damaged(tmp_path, weights, how: str):
         buf = io.BytesIO()
         write_net(buf, [*vgg_layers(weights, BLOCKS), layer("mix", "Eltwise")])
         data = buf.getvalue()
+    elif how in ("conv without parameters", "kernel mismatch", "no num_output"):
+        params = {"conv without parameters": None, "kernel mismatch": conv_params(16, kernel=5, pad=2),
+                  "no num_output": field_varint(3, 1) + field_varint(4, 3)}[how]
+        record = field_bytes(4, b"conv2_1") + field_varint(5, 4) + \
+            (field_bytes(10, params) if params is not None else b"") + \
+            field_bytes(6, blob(weights["conv2_1.weight"])) + field_bytes(6, blob(weights["conv2_1.bias"]))
+        buf = io.BytesIO()
+        write_net(buf, [record if b"conv2_1" in body[:12] else body for body in vgg_layers(weights, BLOCKS)])
+        data = buf.getvalue()
     elif how == "empty":
         data = b""
     path.write_bytes(data)
@@ -118,6 +135,9 @@ def _damaged(tmp_path, weights, how: str):
     ("wrong blob size", "layer conv2_1: a blob of shape (16,) holds 13 values"),
     ("unknown layer", "layer 'mix' (Eltwise): a layer type vggtk does not convert"),
     ("empty", "an empty file"),
+    ("conv without parameters", "layer 'conv2_1' (Convolution): no convolution_param"),
+    ("kernel mismatch", "declares 5x5 kernels but holds weights of shape (16, 8, 3, 3)"),
+    ("no num_output", "layer 'conv2_1' (Convolution): no num_output"),
 ])
 def test_a_damaged_or_crafted_release_is_one_line(weights, tmp_path, how, says):
     path = _damaged(tmp_path, weights, how)

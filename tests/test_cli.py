@@ -58,7 +58,10 @@ def test_convert_reads_a_foreign_files_architecture_from_its_tensors_or_from_arc
     assert read_model_info(out).options == {"num_classes": 5, "in_chans": 1, "width": 0.0625, "fc_dim": 16,
                                             "input_size": 32, "batch_norm": False}
     out.unlink()
-    assert "do not fit" in input_error(vggtk("convert", foreign, out, "--arch", "vgg-a"))  # the default width
+    assert vggtk("convert", foreign, out, "--arch", "vgg-a").exit_code == 0  # what the tensors say is kept
+    assert read_model_info(out).options["width"] == 0.0625 and read_model_info(out).preprocessing is not None
+    out.unlink()
+    assert "do not fit" in input_error(vggtk("convert", foreign, out, "--arch", "vgg-a", "--model", "width=0.125"))
     assert "widht: not an option of architecture 'vgg-a' (did you mean 'width'?)" in \
         input_error(vggtk("convert", foreign, out, "--arch", "vgg-a", "--model", "widht=0.0625"))
     result = vggtk("convert", foreign, out, "--arch", "vgg-a", "--model", "width=0.0625", "--model", "fc_dim=16",
@@ -66,7 +69,7 @@ def test_convert_reads_a_foreign_files_architecture_from_its_tensors_or_from_arc
     assert result.exit_code == 0, result.output
     info = read_model_info(out)
     assert info.arch == "vgg-a" and info.options == {"num_classes": 5, "width": 0.0625, "fc_dim": 16,
-                                                     "input_size": 32, "in_chans": 1}
+                                                     "input_size": 32, "in_chans": 1, "batch_norm": False}
     assert all(torch.equal(read_tensors(out)[k], v) for k, v in model.state_dict().items())
 
 

@@ -193,3 +193,41 @@ def test_fine_tuning_keeps_the_starting_nets_preprocessing_unless_told(shards, t
     assert told.exit_code == 0, told.output
     prep = read_model_info(tmp_path / "told" / "best" / "model.safetensors").preprocessing
     assert prep.family == "vggtk" and prep.mean == tuple(vt.Manifest.load(shards).stats.mean_rgb_255)
+
+
+def test_a_vggtk_state_dict_without_its_record_is_fed_the_datas_mean(trained, shards, tmp_path):
+    """A bare state_dict of a net trained here (its record lost): fed as vggtk feeds its nets, it scores
+    as the checkpoint does; taken for torchvision's family it would not."""
+    from safetensors.torch import save_file
+
+    best = trained[0] / "best"
+    save_file(load_file(str(best / "model.safetensors")), str(tmp_path / "bare.safetensors"))
+    runs = {}
+    for name, path in (("recorded", best), ("bare", tmp_path / "bare.safetensors")):
+        result = vggtk("eval", path, "--data", shards, "--methods", "center", "--scales", 36,  # S is not in tensors
+                       "--out", tmp_path / f"{name}.json")
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"][0]["top1_err_pct"]
+        if name == "bare":
+            assert "vggtk layout" in result.stderr and "the data's mean colour" in result.stderr
+    assert runs["bare"] == runs["recorded"]
+
+
+def test_nets_that_read_outputs_by_index_need_the_datas_classes_in_its_order(world):
+    """Localisation picks a box by class index: there a superset of the data's classes is refused, where
+    classification eval maps them by name."""
+    root, _ = world
+    model = vt.load_trained(root / "vgg11.pth", say=None)
+    manifest = vt.Manifest.load(root / "shards")
+    with pytest.raises(vt.VggtkError, match="must be the data's, in its order"):
+        vt.check_fits_data([model], manifest, ["vgg11.pth"])
+    (feed,) = vt.feeds_for([model], manifest, ["vgg11.pth"])
+    assert feed.columns == tuple(vt.imagenet_classes().index(c) for c in manifest.classes)
+
+
+def test_a_net_whose_outputs_overflow_is_an_error_not_a_table(world, tmp_path):
+    root, state = world
+    broken = {**state, "classifier.6.weight": state["classifier.6.weight"] * 1e38}
+    torch.save(broken, tmp_path / "overflow.pth")
+    message = input_error(vggtk("eval", tmp_path / "overflow.pth", "--data", root / "shards", "--methods", "center"))
+    assert "gives NaN or infinite posteriors" in message

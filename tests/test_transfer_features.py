@@ -164,7 +164,7 @@ def test_two_checkpoints_are_stacked_and_bad_requests_are_named(trained, shards,
     missing = vggtk("extract-features", run / "best", "--data", shards, "--splits", "holdout", "--out", tmp_path)
     assert "no split 'holdout'; this manifest has: train, val, test" in input_error(missing)
     tap = vggtk("extract-features", run / "best", "--data", shards, "--tap", "fc9", "--out", tmp_path)
-    assert "unknown feature tap(s) fc9" in input_error(tap)
+    assert "--tap 'fc9': not a tap of" in input_error(tap)
 
 
 def test_photos_of_many_sizes_are_described_one_at_a_time(tmp_path):

@@ -26,6 +26,19 @@ BLOCKS = [(8, 2), (16, 2), (32, 3), (64, 3), (64, 3)]
 
 
 class _Quiet(SimpleHTTPRequestHandler):
+    endless: set = set()  # file names served as an endless stream of zeros, with no Content-Length
+
+    def do_GET(self):
+        if self.path.rsplit("/", 1)[-1] not in self.endless:
+            return super().do_GET()
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(4096):  # 256 MiB at most: the client must stop long before
+                self.wfile.write(b"\0" * (1 << 16))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def log_message(self, *args):
         pass
 
@@ -57,6 +70,7 @@ def served(tmp_path, monkeypatch):
     listing.write_text(json.dumps({"format": "vggtk-weights-catalogue/1", "weights": entries}))
     monkeypatch.setattr(catalogue, "CATALOGUE", listing)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    _Quiet.endless = set()
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(www)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("VGGTK_WEIGHTS_URL", f"http://127.0.0.1:{server.server_address[1]}/")
@@ -149,3 +163,20 @@ def test_the_bundled_catalogue_lists_the_papers_and_torchvisions_weights():
     assert entries["vgg16-torchvision"].file == "vgg16-397923af.pth"
     assert entries["vgg16-torchvision"].expected.sha256_prefix == "397923af"
     assert all(np.isfinite(a["top5_err"]) and a["protocol"] for e in entries.values() for a in e.accuracy)
+
+
+def test_a_server_that_sends_more_than_the_file_is_stopped_early(served, tmp_path):
+    name = served[1]["tiny-torchvision"][0]
+    _Quiet.endless = {name}
+    message = input_error(vggtk("weights", "fetch", "tiny-torchvision"))
+    assert "refused: more than the" in message and "bytes expected" in message
+    assert not _cache(tmp_path).exists() or list(_cache(tmp_path).iterdir()) == []
+
+
+def test_a_converted_release_in_the_cache_is_checked_before_it_is_used(served, tmp_path):
+    converted = _cache(tmp_path) / "TINY_16_layers.vggtk.safetensors"
+    converted.parent.mkdir(parents=True)
+    converted.write_bytes(b"")  # a leftover, or someone else's file under the name
+    message = input_error(vggtk("weights", "fetch", "tiny-caffe"))
+    assert "is not tiny-caffe converted by vggtk" in message and "move it away" in message
+    assert converted.read_bytes() == b""  # not ours to replace

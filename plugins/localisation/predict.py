@@ -87,7 +87,11 @@ def predict_command(
         if classes and theirs is not None and list(theirs) != classes:
             raise vt.VggtkError(f"{path}: was trained on other classes than {checkpoints[0]}")
     evaluator = vt.get_evaluator(method)
-    channels = vt.model_info(classifiers[0]).in_chans or 3
+    channels = {str(p): vt.model_info(m).in_chans or 3 for p, m in zip(checkpoints, models)}
+    if len(set(channels.values())) > 1 or not set(channels.values()) <= {1, 3}:
+        raise vt.VggtkError("predict reads photos as 1- or 3-channel images, one way for every net; these take "
+                            + ", ".join(f"{p}: {c}" for p, c in channels.items()))
+    channels = next(iter(channels.values()))
     rows, skipped = [], []
     for path in images:
         try:
@@ -119,6 +123,9 @@ def _predict_one(path: Path, image: torch.Tensor, classifiers, boxers, evaluator
         with vt.mixed_precision(device):
             posteriors = posteriors + evaluator(model, x)[0].float().cpu()
     posteriors = posteriors / len(classifiers)
+    if not bool(torch.isfinite(posteriors).all()):
+        raise vt.VggtkError(f"{path}: the nets give NaN or infinite posteriors (their weights or preprocessing "
+                            "record are broken)")
     top = posteriors.topk(min(5, len(posteriors)))
     row = {"image": str(path), "top5": [{"class": classes[i] if classes else str(int(i)), "index": int(i),
                                          "label": vt.class_label(classes[i]) if classes else str(int(i)),

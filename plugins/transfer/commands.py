@@ -62,6 +62,11 @@ def extract_features(
     paths = [*(checkpoints or ([] if weights else [DEFAULT_CHECKPOINT])), *map(Path, weights)]
     models = [vt.load_trained(p, dev, plugin_options, command="extract-features", assume=assume) for p in paths]
     vt.check_fits_data(models, manifest, [str(p) for p in paths], classes=False)  # features serve new tasks
+    for path, model in zip(paths, models):  # said before any image is read
+        taps = getattr(model, "feature_taps", ())
+        if tap not in taps:
+            raise vt.VggtkError(f"--tap {tap!r}: not a tap of {path} ({vt.model_info(model).arch}); known: "
+                                f"{', '.join(taps) or '(none)'}")
     meta = {"tap": tap, "combine": combine, "flip": flip, "checkpoints": [str(p) for p in paths],
             "data": manifest.location}
     for split in wanted:

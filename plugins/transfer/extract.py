@@ -42,6 +42,9 @@ def extract_on_shards(models: Sequence[torch.nn.Module], manifest: vt.Manifest, 
                 with vt.mixed_precision(device):
                     parts.append(image_descriptors(model, x, qs, tap=tap, flip=flip, combine=combine).cpu())
             features.append(stacked(parts))
+            if not bool(torch.isfinite(features[-1]).all()):
+                raise vt.VggtkError(f"{manifest.path} {split}: the nets give NaN or infinite features (their weights "
+                                    "or preprocessing record are broken)")
             labels.append(batch.labels)
             keys.extend(batch.keys)
             bar.update(task, completed=len(keys))

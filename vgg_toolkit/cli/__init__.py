@@ -13,7 +13,7 @@ from typer.main import get_command
 from ..version import __version__
 from ..errors import VggtkError
 from ..host.manager import get_host
-from ..runtime.console import one_line
+from ..runtime.console import held_notices, one_line
 from ..runtime.memory import is_out_of_memory
 
 
@@ -68,7 +68,8 @@ def _guard(callback):
     @functools.wraps(callback)
     def guarded(*args, **kwargs):
         try:
-            return callback(*args, **kwargs)
+            with held_notices():
+                return callback(*args, **kwargs)
         except VggtkError as exc:
             say_error(str(exc))
         except OSError as exc:

@@ -127,6 +127,8 @@ def _parse_model_options(arch: str, pairs: list[str]) -> dict:
             raise VggtkError(f"--model {pair!r} is not KEY=VALUE (e.g. --model width=0.25)")
         out[key.strip()] = _literal(text.strip())
     num_classes = out.pop("num_classes", None)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise VggtkError(f"--model num_classes={num_classes}: must be a positive whole number")
     return {**check_options(arch, out, where="--model "), **({"num_classes": num_classes} if num_classes else {})}
 
 
@@ -140,6 +142,14 @@ def _literal(text: str):
         except ValueError:
             pass
     return text
+
+
+def _recognised_arch(src: Path) -> str:
+    try:
+        return describe_weights(src)[0].arch
+    except VggtkError:
+        raise VggtkError(f"{src}: --model needs --arch: the file records no architecture and its tensors fit "
+                         "none") from None
 
 
 def convert(
@@ -168,7 +178,7 @@ def convert(
     check_output_file(dst, "weights")
     if dst.suffix != ".safetensors":
         raise VggtkError(f"{dst}: the converted weights are a safetensors file; give a name ending in .safetensors")
-    options = _parse_model_options(arch or describe_weights(src)[0].arch, model) if model else None
+    options = _parse_model_options(arch or _recognised_arch(src), model) if model else None
     info, found = convert_weights(src, dst, to.value, arch=arch, options=options, preprocessing=prep)
     prep_text = info.preprocessing.describe() if info.preprocessing else "none recorded"
     Console(soft_wrap=True).print(plain(f"{src} ({found} layout) -> {dst} ({to.value} layout): {info.arch}, "

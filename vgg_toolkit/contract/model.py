@@ -104,9 +104,10 @@ class ModelInfo:
         classes = data.get("classes")
         if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
             raise bad("classes is not a list of names")
+        if classes is not None and len(set(classes)) != len(classes):
+            raise bad("classes names a class twice")
         mean = data.get("mean_rgb")
-        if mean is not None and (not isinstance(mean, list) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in mean)):
+        if mean is not None and (not isinstance(mean, list) or not all(_finite_number(v) for v in mean)):
             raise bad("mean_rgb is not a list of numbers")
         scale = data.get("train_scale")
         try:
@@ -117,6 +118,15 @@ class ModelInfo:
         prep = None if prep is None else Preprocessing.from_json(prep, where)
         return cls(arch, dict(options), size, head, None if classes is None else tuple(classes), scale,
                    None if mean is None else tuple(float(v) for v in mean), prep)
+
+
+def _finite_number(v) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
 
 
 def find_model_info(model: nn.Module) -> ModelInfo | None:

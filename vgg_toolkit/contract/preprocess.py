@@ -32,6 +32,11 @@ PIXEL_RANGES = (1.0, 255.0)  # the value of a full-intensity pixel: 0-1 or 0-255
 # record asking for another filter is refused rather than fed a different one.
 INTERPOLATIONS = ("bilinear",)
 
+# Beyond these a float32 input is no longer what the record says (1/std overflows, the mean swamps the
+# pixels): a record outside them is a mistake or crafted, not a convention.
+STD_RANGE = (1e-4, 1e4)
+MEAN_LIMIT = 1e4
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -61,8 +66,10 @@ class Preprocessing:
                 raise bad(f"{name} {list(values)!r} is not 1 or 3 finite numbers")
         if len(self.mean) != len(self.std):
             raise bad(f"mean has {len(self.mean)} values and std {len(self.std)}")
-        if not all(v > 0 for v in self.std):
-            raise bad(f"std {list(self.std)!r} must be positive")
+        if not all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in self.std):
+            raise bad(f"std {list(self.std)!r} must lie in [{STD_RANGE[0]:g}, {STD_RANGE[1]:g}]")
+        if not all(abs(v) <= MEAN_LIMIT for v in self.mean):
+            raise bad(f"mean {list(self.mean)!r} must lie within +-{MEAN_LIMIT:g}")
         if self.interpolation not in INTERPOLATIONS:
             raise bad(f"interpolation {self.interpolation!r}: vggtk resizes with {', '.join(INTERPOLATIONS)} "
                       "(antialiased) only")
@@ -143,7 +150,7 @@ class Preprocessing:
         """A record from a JSON file (``--preprocess FILE.json``)."""
         try:
             data = json.loads(open(path, encoding="utf-8").read())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise VggtkError(f"{path}: not a readable JSON preprocessing record ({exc})") from None
         return cls.from_json(data, str(path))
 
@@ -174,7 +181,12 @@ PREPROCESS_HELP = ("Preprocessing of weights that record none (torchvision, timm
 
 
 def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v) and abs(v) < 1e300
+    except OverflowError:  # an integer of hundreds of digits
+        return False
 
 
 def _floats(values: Iterable) -> list[float]:

@@ -52,9 +52,10 @@ def class_columns(model: torch.nn.Module, manifest: Manifest, name: str) -> tupl
 
 def check_fits_data(models: Sequence[torch.nn.Module], manifest: Manifest, names: Sequence[str],
                     classes: bool = True) -> None:
-    """Refuse, before any work, models whose input channels or (``classes``) classes do not fit the data:
-    a net's classes must be the data's, or include them by name. Features for another task
-    (``classes=False``) need the channels alone."""
+    """Refuse, before any work, models whose input channels or (``classes``) classes are not the data's,
+    in its order (what reads a net's outputs by index needs). Features for another task
+    (``classes=False``) need the channels alone; ``feeds_for`` also takes a net whose classes include the
+    data's, picking them by name."""
     for model, name in zip(models, names):
         info = find_model_info(model)
         if info is None:
@@ -62,14 +63,15 @@ def check_fits_data(models: Sequence[torch.nn.Module], manifest: Manifest, names
         if info.in_chans is not None and info.in_chans != manifest.channels:
             raise VggtkError(f"{name}: takes {info.in_chans}-channel images but {manifest.path} holds "
                              f"{manifest.channels}-channel images")
-        if classes:
-            class_columns(model, manifest, name)
+        if classes and class_columns(model, manifest, name) is not None:
+            raise VggtkError(f"{name}: predicts {info.num_outputs} classes and {manifest.path} has "
+                             f"{manifest.num_classes}; here the net's classes must be the data's, in its order")
 
 
 def feeds_for(models: Sequence[torch.nn.Module], manifest: Manifest, names: Sequence[str], console=None) -> list[Feed]:
     """Each model's ``Feed`` on this data: its own preprocessing and, where its classes include the data's,
     their outputs; what was matched by name is said on ``console``."""
-    check_fits_data(models, manifest, names)
+    check_fits_data(models, manifest, names, classes=False)
     feeds = []
     for model, name in zip(models, names):
         columns = class_columns(model, manifest, name)

@@ -129,6 +129,9 @@ def ensemble_posteriors(models: Sequence[nn.Module], evaluator: Callable, images
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with mixed_precision(device, autocast):
             p = _posteriors_of(evaluator, model, feed.inputs(_to(images, device)), n).float().cpu().reshape(n, -1)
+        if not bool(torch.isfinite(p).all()):
+            raise VggtkError(f"{_model_name(model)}: gives NaN or infinite posteriors on these images (its weights or "
+                             "its preprocessing record are broken)")
         p = feed.outputs(p)
         total = p if total is None else total + p
     return total / len(models)

@@ -253,6 +253,11 @@ def _params(reader: _Reader, kind: str, span: tuple[int, int], where: str) -> di
     return out
 
 
+_OWN_PARAMS = {"Convolution": ("convolution_param", "ConvolutionParameter"),
+               "Pooling": ("pooling_param", "PoolingParameter"),
+               "InnerProduct": ("inner_product_param", "InnerProductParameter")}
+
+
 def _layer(reader: _Reader, span: tuple[int, int], v1: bool, index: int, data: bool) -> CaffeLayer:
     numbers = _V1 if v1 else _V2
     name, kind, blobs, params = f"#{index}", None, [], {}
@@ -270,10 +275,9 @@ def _layer(reader: _Reader, span: tuple[int, int], v1: bool, index: int, data: b
                     params[key] = value
     kind = kind or "None"
     layer = CaffeLayer(name, kind)
-    for key, message in (("convolution_param", "ConvolutionParameter"), ("pooling_param", "PoolingParameter"),
-                         ("inner_product_param", "InnerProductParameter")):
-        if key in params:
-            layer.params = _params(reader, message, params[key], name)
+    own = _OWN_PARAMS.get(kind)  # a layer's parameters are those of its type; others are ignored, as Caffe does
+    if own is not None and own[0] in params:
+        layer.params = _params(reader, own[1], params[own[0]], name)
     layer.blobs = [_blob(reader, b, name, data) for b in blobs]
     return layer
 
@@ -290,8 +294,14 @@ def _check(layer: CaffeLayer, path: Path) -> None:
         raise refuse("a layer type vggtk does not convert")
     if layer.type not in _WITH_WEIGHTS and layer.blobs:
         raise refuse("holds weights where none belong")
+    if layer.type in _OWN_PARAMS and not p:
+        raise refuse(f"no {_OWN_PARAMS[layer.type][0]}")
+    if layer.type in _WITH_WEIGHTS and not p.get("num_output"):
+        raise refuse("no num_output")
     if layer.type == "Convolution":
         kernel = (p.get("kernel_size") or [p.get("kernel_h")])[0]
+        if layer.blobs and tuple(layer.blobs[0].shape[-2:]) != (kernel, kernel):
+            raise refuse(f"declares {kernel}x{kernel} kernels but holds weights of shape {tuple(layer.blobs[0].shape)}")
         pad = (p.get("pad") or [p.get("pad_h") or 0])[0]
         stride = (p.get("stride") or [p.get("stride_h") or 1])[0]
         if pad != kernel // 2 or stride != 1 or p.get("group", 1) != 1 or any(d != 1 for d in p.get("dilation", [])):

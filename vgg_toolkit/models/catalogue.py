@@ -79,11 +79,16 @@ def find_entry(name: str) -> Entry | None:
     return next((e for e in entries() if e.name == name), None)
 
 
+def closest_name(name: str) -> str | None:
+    close = difflib.get_close_matches(name, [e.name for e in entries()], n=1)
+    return close[0] if close else None
+
+
 def get_entry(name: str) -> Entry:
     entry = find_entry(name)
     if entry is None:
-        close = difflib.get_close_matches(name, [e.name for e in entries()], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        close = closest_name(name)
+        hint = f" (did you mean {close!r}?)" if close else ""
         raise VggtkError(f"{name!r}: no such weights in the catalogue{hint}; `vggtk weights list` shows them")
     return entry
 
@@ -93,7 +98,7 @@ def fetch(entry: Entry, progress: bool | None = None) -> Path:
     copy is checked for its size), a Caffe release converted once."""
     path = entry.path()
     if entry.family == "caffe" and entry.converted().is_file():
-        return entry.converted()
+        return _checked_conversion(entry)
     if path.is_file():
         problem = entry.expected.problem_of_size(path.stat().st_size)
         if problem:
@@ -103,11 +108,24 @@ def fetch(entry: Entry, progress: bool | None = None) -> Path:
         notice(f"{entry.name}: fetched from {entry.location}, checked, into {path}")
     if entry.family != "caffe":
         return path
-    target = entry.converted()
-    if not target.is_file():
-        from .convert import convert_weights
+    from .convert import convert_weights
 
-        convert_weights(path, target, preprocessing=Preprocessing.caffe(), say=None)
+    convert_weights(path, entry.converted(), preprocessing=Preprocessing.caffe(), say=None)
+    return _checked_conversion(entry)
+
+
+def _checked_conversion(entry: Entry) -> Path:
+    """The converted file of a Caffe entry, once its record says it is that entry's net."""
+    from .weights import read_model_info
+
+    target = entry.converted()
+    try:
+        info = read_model_info(target)
+    except VggtkError:
+        info = None
+    if info is None or info.arch != entry.arch or info.preprocessing != Preprocessing.caffe():
+        raise VggtkError(f"{target}: is not {entry.name} converted by vggtk ({'records ' + info.arch if info else 'no record'}); "
+                         "move it away to convert the release again")
     return target
 
 

@@ -22,8 +22,8 @@ from ..errors import VggtkError, WeightsError
 from ..runtime.console import notice
 from .factory import architecture, create_model
 from .foreign import describe_weights
-from .weights import (INFO_KEY, check_values, fit_problems, load_state, load_weights, read_model_info, read_tensors,
-                      save_safetensors, save_weights)
+from .weights import (INFO_KEY, check_values, fit_problems, load_state, load_weights, read_tensors, save_safetensors,
+                      save_weights)
 
 
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, layout: str = "vggtk", *,
@@ -36,13 +36,16 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, layout: str 
     tensors (said through ``say``); ``arch`` and ``options`` name or amend it (the recorded options are
     kept unless ``options`` replaces them). ``preprocessing`` replaces the recorded or assumed one."""
     src, dst = Path(src), Path(dst)
-    recorded = read_model_info(src)
-    if arch is None and not options:
-        info, found, said = describe_weights(src, preprocessing)
-        if said and say is not None:
-            say(said)
+    try:
+        known, found, said = describe_weights(src, preprocessing)
+    except WeightsError:
+        if arch is None:
+            raise
+        known, found, said = None, "auto", None  # a file nobody recognises: --arch says what it is
+    if arch is not None or options:
+        info, found = _named(src, known, arch, dict(options or {})), "auto"
     else:
-        info, found = _named(src, recorded, arch, dict(options or {})), "auto"
+        info = known
     if preprocessing is not None:
         info = replace(info, preprocessing=preprocessing)
     tensors = read_tensors(src)
@@ -55,6 +58,8 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, layout: str 
         net = create_model(info.arch, **info.options)
         found = load_weights(net, src) if found == "auto" else _load(net, tensors, found, src)
         save_weights(net, dst, layout=layout, info=info)
+        if said and say is not None:
+            say(said)
         return info, found
     ours = skeleton.from_layout(tensors, found) if found != "vggtk" else tensors
     problems = fit_problems({k: tuple(v.shape) for k, v in skeleton.state_dict().items()},
@@ -62,6 +67,8 @@ def convert_weights(src: str | os.PathLike, dst: str | os.PathLike, layout: str 
     if problems:
         raise WeightsError(f"{src}: the tensors do not fit {info.arch}: " + "; ".join(problems[:3]))
     save_safetensors(ours, dst, {"layout": "vggtk", INFO_KEY: json.dumps(info.to_json())})
+    if said and say is not None:
+        say(said)
     return info, found
 
 
@@ -75,14 +82,12 @@ def _load(net, tensors: Mapping[str, torch.Tensor], layout: str, src: Path) -> s
         raise WeightsError(f"{src}: {exc}") from None
 
 
-def _named(src: Path, recorded: ModelInfo | None, arch: str | None, options: dict) -> ModelInfo:
-    """The net ``--arch`` / ``--model`` name: the recorded options kept for the same architecture."""
-    if arch is None and recorded is None:
-        raise VggtkError(f"{src}: no architecture recorded in the file or recognised in it; name it with --arch "
-                         "(e.g. --arch vgg-d)")
-    same = recorded is not None and (arch is None or architecture(arch).name == architecture(recorded.arch).name)
-    base = dict(recorded.options) if same else {}
-    arch = arch or recorded.arch
+def _named(src: Path, known: ModelInfo | None, arch: str | None, options: dict) -> ModelInfo:
+    """The net ``--arch`` / ``--model`` name, over what the file records or its tensors say: its options,
+    classes, preset and preprocessing kept for the same architecture."""
+    same = known is not None and (arch is None or architecture(arch).name == architecture(known.arch).name)
+    base = dict(known.options) if same else {}
+    arch = arch or known.arch
     merged = {**base, **options}
     if "num_classes" not in merged:  # the last 2-D tensor is the classifier: its rows are the classes
         last = [t for t in read_tensors(src).values() if t.ndim == 2][-1:]
@@ -90,6 +95,6 @@ def _named(src: Path, recorded: ModelInfo | None, arch: str | None, options: dic
     with torch.device("meta"):
         info = model_info(create_model(arch, **merged))
     if same:
-        info = replace(info, classes=recorded.classes, train_scale=recorded.train_scale, mean_rgb=recorded.mean_rgb,
-                       head=recorded.head, preprocessing=recorded.preprocessing)
+        info = replace(info, classes=known.classes, train_scale=known.train_scale, mean_rgb=known.mean_rgb,
+                       head=known.head, preprocessing=known.preprocessing)
     return info

@@ -3,13 +3,16 @@ plugins, from tensor names and shapes alone) and what vggtk assumes of them, sai
 
 A torchvision- or timm-layout file is taken for torchvision's family (RGB, 0-1, ImageNet's mean and
 std, evaluated at Q = 256 with the 224 crop); a Caffe-layout file for the authors' release (BGR, 0-255,
-the mean pixel, trained with S in [256; 512]); a net with 1000 outputs for ImageNet-1k's classes, in
-their standard order. ``--preprocess`` replaces the assumed preprocessing.
+the mean pixel, trained with S in [256; 512]); for either, a net with 1000 outputs for ImageNet-1k's
+classes, in their standard order. A vggtk-layout file that lost its record (a bare state_dict) is fed
+as vggtk feeds its own nets: the data's mean colour, S = its input size. ``--preprocess`` replaces the
+assumed preprocessing.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from ..contract.model import ModelInfo
@@ -39,13 +42,15 @@ def identify_weights(path: str | os.PathLike, preprocessing: Preprocessing | Non
         raise WeightsError(f"{path}: {len(shapes)} tensors ({some}...) in no layout a plugin knows; name the "
                            "architecture with --arch")
     arch, options, layout = found[0]["arch"], dict(found[0]["options"]), found[0]["layout"]
-    family = "caffe" if layout == "caffe" else "torchvision"
-    prep = preprocessing or Preprocessing.named(family)
-    classes = imagenet_classes() if options["num_classes"] == NUM_CLASSES else None
-    info = ModelInfo(arch, options, int(options["input_size"]), classes=classes, train_scale=PRESETS[family],
+    family = {"caffe": "caffe", "vggtk": None}.get(layout, "torchvision")
+    prep = preprocessing or (Preprocessing.named(family) if family else None)
+    classes = imagenet_classes() if family and options["num_classes"] == NUM_CLASSES else None
+    scale = PRESETS.get(family)
+    info = ModelInfo(arch, options, int(options["input_size"]), classes=classes, train_scale=scale,
                      preprocessing=prep)
-    said = (f"{path}: {layout} layout, {arch} ({_options_text(options)}); assumed {prep.describe()} "
-            f"preprocessing{' (--preprocess)' if preprocessing else ''}, S = {PRESETS[family]}"
+    fed = prep.describe() if prep else "vggtk's, with the data's mean colour,"
+    said = (f"{path}: {layout} layout, {arch} ({_options_text(options)}); assumed {fed} preprocessing"
+            f"{' (--preprocess)' if preprocessing else ''}, S = {scale or options['input_size']}"
             f"{', ImageNet-1k classes' if classes else ''}")
     return info, layout, said
 
@@ -57,8 +62,10 @@ def _options_text(options: dict) -> str:
 def describe_weights(weights: Path, assume: Preprocessing | None = None) -> tuple[ModelInfo, str, str | None]:
     """(the net a weights file holds, its layout, a line saying what was assumed of a file that records
     nothing, else None). ``assume`` is the preprocessing of a file that records none, instead of its
-    family's."""
+    family's, and of a file whose record has none."""
     info = read_model_info(weights)
     if info is None:
         return identify_weights(weights, assume)
+    if info.preprocessing is None and assume is not None:
+        info = replace(info, preprocessing=assume)
     return info, read_metadata(weights).get("layout", "vggtk"), None

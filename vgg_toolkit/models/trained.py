@@ -68,18 +68,23 @@ def load_trained(path: str | os.PathLike, device: Any = "cpu", options: Mapping[
     path = Path(path)
     weights = weights_file(path)
     if not weights.is_file():
+        from .catalogue import closest_name
+
+        close = closest_name(str(path))
+        hint = f" (did you mean {close!r}?)" if close else ""
         raise VggtkError(f"{path}: no checkpoint here (expected a checkpoint directory, a weights file or a name "
-                         "`vggtk weights list` shows)")
+                         f"`vggtk weights list` shows){hint}")
     info, layout, said = describe_weights(weights, assume)
-    if said and say is not None:
-        say(said)
     try:
         model = build_for(info, weights, layout)
     except VggtkError as exc:
         raise VggtkError(exc if str(weights) in str(exc) else f"{weights}: {exc}") from None
     load_weights(model, weights, layout)
     set_model_info(model, info)
-    return prepare_model(model, device, options, command).eval()
+    model = prepare_model(model, device, options, command).eval()
+    if said and say is not None:  # once it loaded: an error is then the one line a command prints
+        say(said)
+    return model
 
 
 def initialise_from(model: nn.Module, source: str | os.PathLike) -> list[str]:

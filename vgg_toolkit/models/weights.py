@@ -23,6 +23,8 @@ from ..errors import WeightsError
 from ..runtime.files import atomic_file, mark
 
 INFO_KEY = "vggtk_model"
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_ELEMENTS = 1 << 34  # values in one weights file: far above any VGG, far below a crafted bomb
 
 
 def _open_safetensors(path: Path):
@@ -64,8 +66,21 @@ def _read_pth(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: holds no state_dict of tensors")
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
+        raise WeightsError(f"{path}: holds no state_dict of named tensors")
+    total = 0
+    for key, t in obj.items():
+        if t.layout != torch.strided or t.device.type != "cpu":
+            raise WeightsError(f"{path}: {key} is a {t.layout} tensor on {t.device}, not plain weights")
+        span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) if t.numel() else 0
+        held = t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+        if t.numel() > span or span * t.element_size() > held:  # values that overlap, or outrun the file
+            raise WeightsError(f"{path}: {key} claims {t.numel():,} values over {t.untyped_storage().nbytes():,} "
+                               "bytes of storage: repeated or missing values, crafted")
+        total += t.numel()
+    if total > MAX_ELEMENTS:
+        raise WeightsError(f"{path}: {total:,} values: more than any net vggtk reads")
     return obj
 
 
@@ -101,7 +116,7 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo | None:
         return None
     try:
         data = json.loads(meta[INFO_KEY])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise WeightsError(f"{path}: the recorded model info is not JSON ({exc})") from None
     return ModelInfo.from_json(data, str(path))
 
@@ -112,10 +127,13 @@ def check_values(tensors: Mapping[str, torch.Tensor], where: str) -> None:
     for key, t in tensors.items():
         if key.endswith("num_batches_tracked"):
             continue
-        if not t.is_floating_point():
-            raise WeightsError(f"{where}: {key} holds {t.dtype} values, not floating-point weights")
+        if t.dtype not in FLOAT_DTYPES:
+            raise WeightsError(f"{where}: {key} holds {t.dtype} values, not floating-point weights "
+                               "(float16, bfloat16, float32 or float64)")
         if not all(bool(torch.isfinite(part).all()) for part in t.reshape(-1).split(1 << 22)):
             raise WeightsError(f"{where}: {key} holds NaN or infinite values")
+        if key.endswith("running_var") and bool((t < 0).any()):
+            raise WeightsError(f"{where}: {key} holds negative variances")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, layout: str = "auto") -> str:

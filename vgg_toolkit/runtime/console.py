@@ -3,6 +3,7 @@ from data (class names, file names) shown as it is, never read as markup or term
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 
@@ -39,6 +40,26 @@ def print_table(console: Console, table) -> None:
         console.width = width
 
 
+_held: list[str] | None = None  # notices of a running command, said once it succeeds
+
+
 def notice(line: str) -> None:
-    """One line for the user on stderr, beside a command's output (what was assumed, what was fetched)."""
-    print(one_line(line), file=sys.stderr)
+    """One line for the user on stderr, beside a command's output (what was assumed, what was fetched).
+    Inside ``held_notices`` it waits for the command to succeed: a command that refuses its input says
+    that in one line, not after what it assumed on the way."""
+    if _held is not None:
+        _held.append(one_line(line))
+    else:
+        print(one_line(line), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def held_notices():
+    global _held
+    outer, _held = _held, []
+    try:
+        yield
+        for line in _held:
+            print(line, file=sys.stderr)
+    finally:
+        _held = outer

@@ -5,6 +5,7 @@ download leaves nothing behind."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -27,6 +28,12 @@ class Expected:
     md5: str | None = None
     bytes: int | None = None
     size_mib: float | None = None
+
+    def largest(self) -> int | None:
+        """The most bytes the file can have, when its size is known."""
+        if self.bytes is not None:
+            return self.bytes
+        return int((self.size_mib + 0.005) * 2 ** 20) if self.size_mib is not None else None
 
     def problem_of_size(self, size: int) -> str | None:
         if self.bytes is not None and size != self.bytes:
@@ -56,19 +63,27 @@ def download(url: str, target: Path, expected: Expected, progress: bool | None =
     try:
         try:
             response = urllib.request.urlopen(url, timeout=timeout)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or getattr(exc, "code", None) or exc
             raise VggtkError(f"{url}: cannot download ({reason}); offline? put the file at {target} "
                              "(or set VGGTK_WEIGHTS_URL to a mirror)") from None
-        total = int(response.headers.get("Content-Length") or 0) or None
+        length = response.headers.get("Content-Length") or ""
+        total = int(length) if length.isdigit() else None
+        limit = expected.largest()
+        if total is not None and limit is not None and total > limit:
+            raise VggtkError(f"{url}: refused: the server announces {total:,} bytes, more than the {limit:,} expected; "
+                             "nothing was kept")
         with response, open(tmp, "wb") as out, _bar(target.name, total, progress) as advance:
             while True:
                 try:
                     chunk = response.read(CHUNK)
-                except OSError as exc:
-                    raise VggtkError(f"{url}: the download broke off after {size:,} bytes ({exc})") from None
+                except (OSError, http.client.HTTPException) as exc:
+                    raise VggtkError(f"{url}: the download broke off after {size:,} bytes "
+                                     f"({type(exc).__name__}); nothing was kept") from None
                 if not chunk:
                     break
+                if limit is not None and size + len(chunk) > limit:  # a server that never stops: stop here
+                    raise VggtkError(f"{url}: refused: more than the {limit:,} bytes expected; nothing was kept")
                 out.write(chunk)
                 sha256.update(chunk)
                 md5.update(chunk)
