@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	    echo "note: could not install the Debian data packages; tests that rebuild shards from them will skip"; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,demo]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[test,demo,export]"
 	touch $(STAMP)
 
 # Trains a VGG-A sized for 32x32 on the bundled Fashion-MNIST shards with the paper's recipe

@@ -33,7 +33,7 @@ def vggtk_register_options(register):
 
 @hookimpl
 def vggtk_prepare_model(model, device, options):
-    backend = options["conv_backend"]
+    backend = options.get("conv_backend", "torch")  # a command that does not offer the option: the torch path
     if backend == "torch":
         return
     device_type = getattr(device, "type", str(device).split(":")[0])

@@ -61,9 +61,24 @@ def written_kind(path: str | os.PathLike) -> str | None:
 
             with Image.open(path) as img:
                 return str(img.info.get(KIND_KEY, "")) if img.info.get("Software") == WRITTEN_BY else None
+        if suffix in (".onnx", ".pt2"):  # exported graphs: ONNX metadata_props, or the program's extra file
+            meta = _exported_metadata(path)
+            return str(meta.get(KIND_KEY, "")) if meta.get("written_by") == WRITTEN_BY else None
     except Exception:  # unreadable, or not what its name says: not ours
         return None
     return None
+
+
+def _exported_metadata(path: Path) -> dict:
+    if path.suffix.lower() == ".pt2":
+        import zipfile
+
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("/extra/vggtk.json")), None)
+            return json.loads(z.read(name)) if name else {}
+    import onnx  # only where exports are made: without it, nothing is taken for one of ours
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
 def written_by_vggtk(path: str | os.PathLike) -> bool:
