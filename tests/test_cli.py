@@ -200,10 +200,11 @@ def test_class_names_are_shown_as_text_never_as_markup_or_terminal_escapes(tmp_p
 
     from realdata import fashion_sample
 
-    names = ["[red]x", "a\x1b[31mb\x1b]0;TITLE\x07", "Sandal_with_a_long_name_" + "x" * 50]
-    images, _ = fashion_sample(12)
+    names = ["[red]x", "a\x1b[31mb\x1b]0;TITLE\x07", "Sandal_with_a_long_name_" + "x" * 50, "tab\there",
+             "evil\u202egnp.exe"]
+    images, _ = fashion_sample(20)
     for i, image in enumerate(images):
-        folder = tmp_path / "src" / names[i % 3]
+        folder = tmp_path / "src" / names[i % 5]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
     assert vggtk("shards", "create", tmp_path / "src", tmp_path / "shards", "--splits", "train=1").exit_code == 0
@@ -213,3 +214,5 @@ def test_class_names_are_shown_as_text_never_as_markup_or_terminal_escapes(tmp_p
         assert "[red]x" in result.output  # the name itself, not a red x
         assert "\x1b" not in result.output and "\\x1b[31mb" in result.output  # the escape as visible text
         assert names[2] in result.output and "…" not in result.output
+        assert "\t" not in result.output and "tab\\x09here" in result.output  # a tab would cut the cell short
+        assert "\u202e" not in result.output and "evil\\u202egnp.exe" in result.output  # no reordering

@@ -59,6 +59,9 @@ def compare(
     """Compare networks: parameters, GMACs, training activation memory per image, forward and
     training-step images/s on this device, accuracy from results files, and a chart."""
     options = dict(parse_option(o) for o in option or [])
+    for key, flag in (("num_classes", "--num-classes"), ("in_chans", "--in-chans"), ("input_size", "--input-size")):
+        if key in options:
+            raise vt.VggtkError(f"--option {key}=...: give it as {flag}, which every net of the comparison shares")
     files = list(results or [])
     if files:
         vt.check_output_file(chart, CHART_KIND)

@@ -33,7 +33,7 @@ def vggtk_register_options(register):
     register(OptionSpec("classifier", str, None, "Localisation protocol 2: the classification checkpoint whose "
                         "top-5 classes the boxes are for.", commands=("eval",)))
     register(OptionSpec("merge_iou", float, None, "Localisation protocol 2: the IoU at which boxes merge "
-                        "[default: picked on the val split].", commands=("eval",)))
+                        "[default: picked on the val split].", commands=("eval",), bounds=(0.0, 1.0)))
     register(OptionSpec("boxes_png", str, None, "Localisation: draw the first 16 images with their true and "
                         "predicted boxes (one colour per method) into this PNG.", commands=("eval",)))
 

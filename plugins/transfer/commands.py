@@ -16,6 +16,7 @@ from .features import COMBINES
 from .linear_probe import probe
 
 DEFAULT_CHECKPOINT = Path("runs/train/best")
+C_RANGE = (1e-6, 1e6)
 
 
 def extract_features(
@@ -104,8 +105,9 @@ def linear_probe_command(
 ):
     """Fit the paper's linear SVM on one split's transfer features and report another's accuracy and mean
     class recall."""
-    if c is not None and not (c > 0 and c != float("inf")):  # also NaN
-        raise vt.VggtkError(f"--c: must be a positive number, got {c}")
+    if c is not None and not (C_RANGE[0] <= c <= C_RANGE[1]):  # also NaN
+        raise vt.VggtkError(f"--c: must lie in [{C_RANGE[0]:g}, {C_RANGE[1]:g}], got {c}: beyond, the SVM's "
+                            "optimum is out of a solver's reach")
     console = Console(soft_wrap=True)
     x, y, meta = read_features(features / f"{train}.safetensors")
     tx, ty, test_meta = read_features(features / f"{test}.safetensors")
@@ -118,6 +120,10 @@ def linear_probe_command(
     if x.shape[1] != tx.shape[1]:
         raise vt.VggtkError(f"{features}: {train} has {x.shape[1]} features per image but {test} has {tx.shape[1]}")
     result = probe((x, y), (tx, ty), len(classes), val=valid, c=c)
+    final = next((s for s in result["short"] if s[0] == result["c"]), None)
+    if final is not None:  # the scores of a fit short of its optimum are not the SVM's
+        raise vt.VggtkError(f"the SVM at C={final[0]:g} stopped after {final[1]} Newton steps with its gradient at "
+                            f"{final[2]:.1e} of its start, short of the optimum; give a smaller --c")
     for short_c, steps, gradient in result["short"]:
         console.print(f"warning: the SVM at C={short_c:g} stopped after {steps} Newton steps with its gradient at "
                       f"{gradient:.1e} of its start, short of the optimum", style="yellow", markup=False)

@@ -54,7 +54,7 @@ def with_plugin_options(command: str, exclude: tuple[str, ...] = ()) -> Callable
 
         @functools.wraps(func)
         def command_function(**kwargs: Any):
-            given = {s.name: kwargs.pop(s.name) for s in specs if kwargs.get(s.name) is not None}
+            given = {s.name: s.check(kwargs.pop(s.name), "--") for s in specs if kwargs.get(s.name) is not None}
             for s in specs:
                 kwargs.pop(s.name, None)
             return func(**kwargs, **{PLUGIN_OPTIONS: given})

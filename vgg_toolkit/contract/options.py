@@ -33,6 +33,7 @@ class OptionSpec:
     commands: tuple[str, ...] = COMMANDS
     target: str = "runtime"
     resumable: bool = True
+    bounds: tuple | None = None  # (lowest, highest) a number may be
 
     def __post_init__(self):
         if not self.name.isidentifier():
@@ -52,8 +53,13 @@ class OptionSpec:
         return "--" + self.name.replace("_", "-")
 
     def check(self, value: Any, where: str) -> Any:
-        """``value`` of the declared type and among the choices, or a VggtkError naming ``where``."""
-        return check_value(value, self.type, f"{where}{self.name}", self.choices)
+        """``value`` of the declared type, among the choices and within the bounds, or a VggtkError naming
+        ``where`` + the option (``where="--"`` names the flag)."""
+        name = self.flag if where == "--" else f"{where}{self.name}"
+        value = check_value(value, self.type, name, self.choices)
+        if self.bounds is not None and not self.bounds[0] <= value <= self.bounds[1]:
+            raise VggtkError(f"{name}: must lie in [{self.bounds[0]:g}, {self.bounds[1]:g}], got {value!r}")
+        return value
 
 
 def check_value(value: Any, kind: type, name: str, choices: tuple = ()) -> Any:

@@ -11,18 +11,24 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.text import Text
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+# Control characters (a tab too, which cuts a table cell short; not the newline, which cells may hold) and
+# the bidirectional overrides and isolates, which reorder what follows them on screen.
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _code(char: str) -> str:
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
 
 def plain(value) -> Text:
     """``value`` as literal text: rich markup is not interpreted and control characters (terminal escape
     sequences among them) are shown as visible codes such as ``\\x1b``."""
-    return Text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value)))
+    return Text(_CONTROL.sub(lambda m: _code(m.group()), str(value)))
 
 
 def one_line(text: str) -> str:
     """``text`` with control characters (newlines and terminal escapes among them) shown as codes."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text).replace("\n", " "))
+    return _CONTROL.sub(lambda m: _code(m.group()), str(text).replace("\n", " "))
 
 
 def print_table(console: Console, table) -> None:

@@ -39,7 +39,7 @@ def _at_least(n):
 
 
 def _device(v):
-    return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) else "must be auto, cpu, cuda or cuda:N"
+    return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) else "must be auto, cpu, cuda or cuda:N"
 
 
 def _preprocess(v):
