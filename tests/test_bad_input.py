@@ -90,6 +90,13 @@ def world(shards, trained, tmp_path_factory):
         return {**meta, "vggtk_model": json.dumps(info)}
 
     variant("huge", metadata=wide)
+
+    def far(meta):
+        info = json.loads(meta["vggtk_model"])
+        info["options"]["input_size"] = info["input_size"] = 32 * 10 ** 8  # FC6 of 10^18 weights: no storage holds it
+        return {**meta, "vggtk_model": json.dumps(info)}
+
+    variant("farsize", metadata=far)
     variant("badjson", metadata=lambda meta: {**meta, "vggtk_model": "{not json"})
     variant("int8", tensors=lambda t: {k: v.to(torch.int8) for k, v in t.items()})
     variant("nan", tensors=lambda t: {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
@@ -137,6 +144,11 @@ def world(shards, trained, tmp_path_factory):
                                    ', "mean": [0, 0, 0], "std": [1, 1, 1]}')
     (w / "deep.json").write_text("[" * 100000 + "]" * 100000)
     torch.save(torchvision_state(seed=3, classes=3), w / "tv-rgb.pth")
+    # Localisation nets that do not fit the data: a PCR net of other classes, an RGB SCR net for greyscale.
+    for head, outputs, classes in (("pcr", 28, [f"other{i}" for i in range(7)]), ("scr", 4, ["a", "b", "c"])):
+        loc = vt.create_model("vgg-a", num_classes=outputs, in_chans=3, width=1 / 16, fc_dim=16, input_size=64)
+        vt.set_model_info(loc, vt.model_info(loc).trained_on(classes, vt.TrainScale(72, 72), [100.0] * 3, head=head))
+        vt.save_weights(loc, w / f"{head}-misfit.safetensors")
     return w, user
 
 
@@ -209,6 +221,11 @@ CASES = [
     ("train with dropout 1.5", ["train", "--data", "{shards}", "--dropout", "1.5", "--run-dir", "{w}/r3"], "dropout"),
     ("train a net larger than memory", ["train", "--data", "{shards}", "--fc-dim", "1000000000", "--batch-size", "8", "--run-dir",
                                         "{w}/r3"], "fc_dim=1000000000, init=kaiming: its parameters do not fit"),
+    ("train a net of width 1e9", ["train", "--data", "{shards}", "--width", "1e9", "--run-dir", "{w}/r3"],
+     "width=1000000000.0"),
+    ("train an FC of 10^11", ["train", "--data", "{shards}", "--fc-dim", "99999999999", "--run-dir", "{w}/r3"],
+     "fc_dim=99999999999"),
+    ("eval a crafted record of input size 3.2e9", ["eval", "{w}/farsize", "--data", "{shards}"], "model.safetensors"),
     ("train a word of epochs", ["train", "--data", "{shards}", "--epochs", "abc"], "--epochs"),
     ("train with an unknown option", ["train", "--nosuch"], "--nosuch"),
     ("train into a file", ["train", "--data", "{shards}", "--run-dir", "{user}/notes.txt"], "notes.txt"),
@@ -227,6 +244,10 @@ CASES = [
     ("eval with a negative limit", ["eval", "{run}/best", "--data", "{shards}", "--limit", "-5"], "--limit"),
     ("eval with no methods", ["eval", "{run}/best", "--data", "{shards}", "--methods", ""], "--methods"),
     ("eval with an unknown method", ["eval", "{run}/best", "--data", "{shards}", "--methods", "nosuch"], "nosuch"),
+    ("localise with a PCR net of other classes", ["eval", "{w}/pcr-misfit.safetensors", "--task", "localisation",
+                                                  "--data", "{repo}/shards/localisation"], "other classes"),
+    ("localise greyscale data with an RGB net", ["eval", "{w}/scr-misfit.safetensors", "--task", "localisation",
+                                                 "--data", "{shards}"], "takes 3-channel images"),
     ("eval a 1-channel net on photos", ["eval", "{run}/best", "--data", "{repo}/shards/localisation"], "1-channel"),
     ("eval a crafted wide record", ["eval", "{w}/huge", "--data", "{shards}"], "model.safetensors"),
     ("eval a record that is not JSON", ["eval", "{w}/badjson", "--data", "{shards}"], "model.safetensors"),

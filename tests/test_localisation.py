@@ -450,10 +450,10 @@ def test_predict_gives_top5_classes_and_a_box_for_a_users_photos(classifier, scr
         assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
         assert {t["class"] for t in row["top5"]} <= set(classes) and row["box"]["class"] == row["top5"][0]["class"]
         assert len(row["box"]["xyxy"]) == 4
-    with Image.open(tmp_path / "drawn" / "chelsea.png") as drawn:
+    with Image.open(tmp_path / "drawn" / "chelsea.jpg.png") as drawn:
         assert drawn.size == (451, 300) and drawn.info.get("Software") == "vggtk"
     csv_out = vggtk("predict", classifier, photos / "coffee.jpg", "--out", tmp_path / "p.csv")
-    assert csv_out.exit_code == 0 and (tmp_path / "p.csv").read_text().splitlines()[0] == \
+    assert csv_out.exit_code == 0 and (tmp_path / "p.csv").read_text().splitlines()[1] == \
         "image,rank,class,probability,x1,y1,x2,y2"
     (photos / "broken.png").write_bytes(b"not a picture")
     failed = vggtk("predict", classifier, photos)

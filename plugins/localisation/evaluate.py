@@ -299,6 +299,9 @@ def localisation_task(request: vt.EvalRequest) -> dict:
     grid = request.plugin_options.get("boxes_png")
     if grid is not None:
         grid = vt.check_output_file(grid, BOX_GRID)
+    for model, name in zip(request.models, request.names):  # before any image: PCR picks boxes by class index
+        head = vt.model_info(model).head
+        vt.check_fits_data([model], request.manifest, [name], classes=head == "pcr")
     results = [result for m in methods for result in RUNNERS[m](request)]
     table = Table(title=vt.plain(f"{request.manifest.title} / {request.split}: "
                                  "localisation error (%)"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,6 +21,7 @@ from .drawing import DRAWING, draw_box, to_pil
 from .evaluate import HEADS
 
 PREDICTIONS = "predictions"
+CSV_MARK = f"# written_by: vggtk; vggtk_kind: {PREDICTIONS}\n"  # a CSV's one place for the mark: a comment
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -42,9 +44,19 @@ def image_files(paths: list[Path]) -> list[Path]:
             found.append(path)
         else:
             raise vt.VggtkError(f"{path}: no such image, folder or checkpoint")
+    if not paths:
+        raise vt.VggtkError("name images or folders of images after the checkpoints")
     if not found:
         raise vt.VggtkError(f"no images in {', '.join(map(str, paths))}")
     return found
+
+
+def drawing_targets(images: list[Path], folder: Path) -> list[Path]:
+    """Where each image's drawing goes: its path below the images' common folder, mirrored in ``folder``,
+    its own suffix kept in the name (``dup1/x.jpg`` -> ``dup1/x.jpg.png``), so no two images share one."""
+    resolved = [p.resolve() for p in images]
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    return [folder / p.relative_to(root).with_name(p.name + ".png") for p in resolved]
 
 
 def predict_command(
@@ -73,6 +85,9 @@ def predict_command(
         vt.check_output_file(out, PREDICTIONS)
     if draw is not None and draw.exists() and not draw.is_dir():
         raise vt.VggtkError(f"--draw {draw}: is a file; give a folder")
+    targets = drawing_targets(images, draw) if draw is not None else []
+    for target in targets:  # said before any work, so nothing is half written
+        vt.check_output_file(target, DRAWING)
     dev = vt.pick_device(device)
     models = [vt.load_trained(p, dev, plugin_options, command="eval", assume=assume) for p in checkpoints]
     classifiers = [m for m in models if vt.model_info(m).head == "classification"]
@@ -92,8 +107,8 @@ def predict_command(
         raise vt.VggtkError("predict reads photos as 1- or 3-channel images, one way for every net; these take "
                             + ", ".join(f"{p}: {c}" for p, c in channels.items()))
     channels = next(iter(channels.values()))
-    rows, skipped = [], []
-    for path in images:
+    rows, skipped, drawn = [], [], []
+    for path, target in zip(images, targets or [None] * len(images)):
         try:
             image = vt.read_image(path, channels)
         except vt.VggtkError as exc:
@@ -102,6 +117,7 @@ def predict_command(
             skipped.append(str(exc))
             continue
         rows.append(_predict_one(path, image, classifiers, boxers, evaluator, classes))
+        drawn.append(target)
     console = Console(soft_wrap=True)
     _print(console, rows)
     if skipped:
@@ -110,8 +126,8 @@ def predict_command(
         _write(out, rows)
         console.print(vt.plain(f"predictions written to {out}"))
     if draw is not None:
-        for row, path in zip(rows, [Path(r["image"]) for r in rows]):
-            _draw(path, row, draw / f"{path.stem}.png")
+        for row, target in zip(rows, drawn):
+            _draw(Path(row["image"]), row, target)
         console.print(vt.plain(f"drawings written to {draw}"))
 
 
@@ -146,6 +162,8 @@ def _predict_one(path: Path, image: torch.Tensor, classifiers, boxers, evaluator
             h, w = image.shape[-2:]
             boxes.append(vt.boxes_from_center_view(vt.decode_boxes(codes, crop, crop), h, w, q, crop)[0])
         box = torch.stack(boxes).mean(0)
+        # a box is of the image: clipped to it (the regressor may reach past an edge), never -0
+        box = box.clamp(min=0).minimum(box.new_tensor([w, h, w, h])) + 0.0
         row["box"] = {"class": row["top5"][0]["class"], "xyxy": [round(float(v), 2) for v in box]}
     return row
 
@@ -156,7 +174,7 @@ def _print(console: Console, rows: list[dict]) -> None:
         table.add_column(col, no_wrap=True)
     for row in rows:
         top5 = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top5"])
-        box = ", ".join(f"{v:g}" for v in row["box"]["xyxy"]) if "box" in row else "-"
+        box = ", ".join(f"{v:.2f}" for v in row["box"]["xyxy"]) if "box" in row else "-"
         table.add_row(vt.plain(row["image"]), vt.plain(top5), box)
     vt.print_table(console, table)
 
@@ -170,13 +188,12 @@ def _write(out: Path, rows: list[dict]) -> None:
             box = row.get("box", {}).get("xyxy", [""] * 4)
             for rank, top in enumerate(row["top5"], 1):
                 writer.writerow([row["image"], rank, top["class"], top["probability"], *(box if rank == 1 else [""] * 4)])
-        vt.write_text(out, text.getvalue())
+        vt.write_text(out, CSV_MARK + text.getvalue())
     else:
         vt.save_json(out, {"predictions": rows}, PREDICTIONS)
 
 
 def _draw(path: Path, row: dict, target: Path) -> None:
-    vt.check_output_file(target, DRAWING)
     image = to_pil(vt.read_image(path, 3))
     canvas = ImageDraw.Draw(image)
     label = f"{row['top5'][0]['label']} {row['top5'][0]['probability']:.2f}"

@@ -64,7 +64,7 @@ def check_fits_data(models: Sequence[torch.nn.Module], manifest: Manifest, names
             raise VggtkError(f"{name}: takes {info.in_chans}-channel images but {manifest.path} holds "
                              f"{manifest.channels}-channel images")
         if classes and class_columns(model, manifest, name) is not None:
-            raise VggtkError(f"{name}: predicts {info.num_outputs} classes and {manifest.path} has "
+            raise VggtkError(f"{name}: knows {len(info.classes)} classes and {manifest.path} has "
                              f"{manifest.num_classes}; here the net's classes must be the data's, in its order")
 
 

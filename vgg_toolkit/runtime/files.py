@@ -61,6 +61,11 @@ def written_kind(path: str | os.PathLike) -> str | None:
 
             with Image.open(path) as img:
                 return str(img.info.get(KIND_KEY, "")) if img.info.get("Software") == WRITTEN_BY else None
+        if suffix == ".csv":  # its first line, a comment: "# written_by: vggtk; vggtk_kind: KIND"
+            with open(path, encoding="utf-8") as f:
+                first = f.readline(200)
+            fields = dict(part.strip().partition(": ")[::2] for part in first.lstrip("# ").split(";"))
+            return fields.get(KIND_KEY, "") if first.startswith("#") and fields.get("written_by") == WRITTEN_BY else None
         if suffix in (".onnx", ".pt2"):  # exported graphs: ONNX metadata_props, or the program's extra file
             meta = _exported_metadata(path)
             return str(meta.get(KIND_KEY, "")) if meta.get("written_by") == WRITTEN_BY else None

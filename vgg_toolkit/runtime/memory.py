@@ -39,4 +39,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """The allocator's refusal (CPU or GPU): a request too large, which is the user's to change."""
     import torch
 
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
+    text = str(exc)
+    # "Storage size calculation overflowed": a tensor larger than any address space, asked before the
+    # allocator is (a width of 1e9): the same request too large
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text or \
+        "Storage size calculation overflowed" in text
