@@ -90,3 +90,30 @@ def test_compare_refuses_bad_input_with_one_line(evaluated, tmp_path):
     assert theirs.read_bytes() == b"not ours"
     assert "multi-crop" in input_error(vggtk("compare", best, "--results", results, "--method", "multi-crop",
                                              "--chart", tmp_path / "c.png", "--no-timing"))
+
+
+def test_results_are_a_rows_only_when_they_are_of_its_net(evaluated, tmp_path):
+    """A checkpoint's results by its weights' content, wherever it lies; an architecture's only from a
+    net built as the row builds it: the eval of a 32x32x1 quarter-width vgg-a is not vgg-a at 224x224x3."""
+    best, results = evaluated
+    import shutil
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(best, moved)  # the same net under another path: its results still
+    table = tmp_path / "t.json"
+    same = vggtk("compare", moved, "--results", results, "--chart", tmp_path / "c.png", "--out", table, "--no-timing")
+    assert same.exit_code == 0, same.output
+    assert json.loads(table.read_text())["rows"][0]["top1_pct"] is not None
+    other = vt.create_model("vgg-a", num_classes=3, in_chans=1, width=0.25, fc_dim=256, input_size=32)
+    vt.set_model_info(other, vt.model_info(other).trained_on(["trouser", "sandal", "bag"], vt.TrainScale(32, 40),
+                                                           [30.0] * 3))
+    vt.save_weights(other, tmp_path / "o.safetensors")  # vgg-a as trained there, another net
+    assert "no net of the comparison has results" in input_error(vggtk(
+        "compare", tmp_path / "o.safetensors", "--results", results, "--chart", tmp_path / "c.png", "--no-timing"))
+    assert "no net of the comparison has results" in input_error(vggtk(
+        "compare", "vgg-a", "--results", results, "--chart", tmp_path / "c.png", "--no-timing"))
+    built_alike = vggtk("compare", "vgg-a", "--input-size", 32, "--in-chans", 1, "--num-classes", 3, "--option",
+                        "width=0.25", "--option", "fc_dim=256", "--results", results, "--chart", tmp_path / "c.png",
+                        "--out", table, "--no-timing")
+    assert built_alike.exit_code == 0, built_alike.output
+    assert json.loads(table.read_text())["rows"][0]["top1_pct"] is not None

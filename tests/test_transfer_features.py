@@ -1,6 +1,7 @@
 """The paper's transfer descriptors (Appendix B) and `vggtk extract-features`, on real images."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from safetensors import safe_open
 
 from cli_runner import input_error, vggtk
 from realdata import fashion_sample, photo
+import vgg_toolkit as vt
 from vgg_toolkit import Manifest, TrainScale, VggtkError, create_model, model_info, set_model_info
 from vgg_toolkit.plugins.transfer.linear_probe import fit_linear_svm, svm_objective
 from vgg_toolkit.plugins.transfer.features import descriptor_scales, image_descriptors
@@ -203,3 +205,23 @@ def test_features_of_another_tasks_images_need_only_the_channels(trained, tmp_pa
     assert features.shape == (20, 256) and int(labels.max()) > 2  # labels of the new task's ten classes
     photos = vggtk("extract-features", run / "best", "--data", SHARDS / "localisation", "--out", tmp_path / "p")
     assert "takes 1-channel images but" in input_error(photos)
+
+
+def test_linear_probe_tells_nets_by_their_weights_not_their_paths(trained, shards, tmp_path, monkeypatch):
+    """One net named by an absolute path for one split and a relative one for another is one net; another
+    net put at the same path since is not."""
+    run, _ = trained
+    net = tmp_path / "net"
+    shutil.copytree(run / "best", net)
+    first = vggtk("extract-features", net, "--data", shards, "--splits", "train", "--out", tmp_path / "f")
+    assert first.exit_code == 0, first.output
+    monkeypatch.chdir(tmp_path)
+    second = vggtk("extract-features", "net", "--data", shards, "--splits", "test", "--out", tmp_path / "f")
+    assert second.exit_code == 0, second.output
+    assert vggtk("linear-probe", tmp_path / "f", "--val", "", "--c", "1").exit_code == 0
+    other = vt.create_model("vgg-a", **vt.model_info(vt.load_trained(net, say=None)).options)  # new random weights
+    vt.set_model_info(other, vt.model_info(vt.load_trained(net, say=None)))
+    vt.save_weights(other, net / "model.safetensors")
+    again = vggtk("extract-features", net, "--data", shards, "--splits", "test", "--out", tmp_path / "f")
+    assert again.exit_code == 0, again.output
+    assert "weights_sha256" in input_error(vggtk("linear-probe", tmp_path / "f", "--val", "", "--c", "1"))

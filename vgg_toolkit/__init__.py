@@ -41,7 +41,7 @@ from .models.layers import BatchSlicedDropout
 from .models.stats import model_stats
 from .models.catalogue import find_entry as find_weights
 from .models.imagenet import class_label, imagenet_classes
-from .models.trained import initialise_from, load_trained
+from .models.trained import initialise_from, load_trained, weights_digest
 from .models.weights import load_weights, read_model_info, save_safetensors, save_weights
 from .runtime.console import one_line, plain, print_table
 from .runtime.devices import mixed_precision, pick_device
@@ -55,7 +55,7 @@ __all__ = [
     "VggtkError", "RegistryError", "WeightsError", "DataError", "check_policy",
     # models
     "create_model", "list_models", "prepare_model", "load_trained", "initialise_from", "load_weights",
-    "find_weights", "class_label", "imagenet_classes",
+    "find_weights", "class_label", "imagenet_classes", "weights_digest",
     "save_weights", "read_model_info", "save_safetensors", "model_stats", "model_form", "require_fully_conv",
     "BatchSlicedDropout", "ModelInfo", "Preprocessing", "parse_preprocess", "PREPROCESS_HELP", "model_info", "find_model_info", "set_model_info",
     "FullyConvolutional", "FeatureTaps", "WeightLayouts", "WarmStart", "ReceptiveField", "FinetuneScopes",

@@ -75,7 +75,7 @@ def compare(
         s = subject(name, input_size=input_size, in_chans=in_chans, num_classes=num_classes, options=options,
                     device=dev)
         m = measure(s, batch_size=batch_size, repeats=repeats, device=dev, timing=timing)
-        acc = accuracy_for(name, s.arch, s.checkpoint, files, method) if files else None
+        acc = accuracy_for(name, s.arch, s.checkpoint, s.model, files, method) if files else None
         rows.append({"label": name, "arch": s.arch, "input_size": s.input_size, "in_chans": s.in_chans,
                      **m.__dict__, "top1_pct": None if acc is None else acc.top1_pct,
                      "method": None if acc is None else acc.method,

@@ -69,6 +69,7 @@ def extract_features(
             raise vt.VggtkError(f"--tap {tap!r}: not a tap of {path} ({vt.model_info(model).arch}); known: "
                                 f"{', '.join(taps) or '(none)'}")
     meta = {"tap": tap, "combine": combine, "flip": flip, "checkpoints": [str(p) for p in paths],
+            "weights_sha256": [vt.weights_digest(p) for p in paths],
             "data": manifest.location}
     for split in wanted:
         result = extract_on_shards(models, manifest, split, scales=test_scales, tap=tap, flip=flip, combine=combine,
@@ -84,7 +85,9 @@ def extract_features_command():
     return vt.with_plugin_options("extract-features")(extract_features)
 
 
-ALIKE = ("classes", "tap", "checkpoints", "combine", "flip", "scales")  # what makes two splits' features comparable
+# What makes two splits' features comparable: the nets by their weights' content, not by a path, which
+# another net may have taken since (and one net has under two names).
+ALIKE = ("classes", "tap", "weights_sha256", "combine", "flip", "scales")
 
 
 def _check_alike(a: Path, meta_a: dict, b: Path, meta_b: dict) -> None:

@@ -19,7 +19,7 @@ from ..errors import VggtkError
 from ..evaluation.on_shards import evaluate_on_shards
 from ..evaluation.metrics import CONFUSION_KIND
 from ..evaluation.report import RESULTS_KIND, print_results, results_json, write_json
-from ..models.trained import load_trained
+from ..models.trained import load_trained, weights_digest
 from ..runtime.devices import pick_device
 from ..contract.task import EvalRequest
 from ..host.manager import get_host
@@ -98,7 +98,9 @@ def eval_command(
     paths = [*(checkpoints or ([] if weights else [DEFAULT_CHECKPOINT])), *map(Path, weights)]
     models = [load_trained(p, dev, plugin_options, command="eval", assume=assume) for p in paths]
     console = Console(stderr=as_json, soft_wrap=True)
-    extra = {"data": manifest.location, "split": split, "checkpoints": [str(p) for p in paths]}
+    extra = {"data": manifest.location, "split": split, "checkpoints": [str(p) for p in paths],
+             "weights_sha256": [weights_digest(p) for p in paths],
+             "models": [find_model_info(m).to_json() if find_model_info(m) else None for m in models]}
     if evaluate is not None:
         request = EvalRequest(models, [str(p) for p in paths], manifest, split, names, options, batch_size, workers,
                               on_error, limit, console, plugin_options or {})

@@ -37,6 +37,18 @@ def weights_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def weights_digest(path: str | os.PathLike) -> str:
+    """sha256 of the weights a checkpoint or weights file holds: what tells one trained net from another,
+    wherever it lies and whatever its path (results and features record it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(weights_file(path), "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def build_for(info: ModelInfo, weights: Path, layout: str | None = None) -> nn.Module:
     """The network ``info`` describes, once its tensor shapes are checked against the file's header: a
     record that does not match (crafted, or damaged) costs nothing before it is refused."""
