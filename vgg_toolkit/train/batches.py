@@ -144,17 +144,24 @@ class InMemorySource:
     def from_shards(cls, manifest: Manifest, train_transform: Transform, seed: int, workers: int,
                     on_error: str, preprocessing: Preprocessing) -> "InMemorySource":
         """Decode the train and val splits once, up front."""
-        skipped = SkipLog()
 
-        def decoded(split, log=None):
-            batches = list(read_split(manifest, split, batch_size=1024, workers=workers, on_error=on_error,
-                                      skipped=log))
+        def decoded(batches, what: str, log: SkipLog):
+            batches = list(batches)
+            if not batches:  # every sample skipped under --on-error skip (or none there)
+                raise DataError(f"no {what} sample was readable ({log.summary()}; first: {log.examples[0]})"
+                                if log.total else f"no {what} sample", shard=manifest.location)
             return (torch.cat([b.images for b in batches]), torch.cat([b.labels for b in batches])), \
                 [key for b in batches for key in b.keys]
 
-        train, keys = decoded("train", skipped)
-        val, _ = decoded("val")
-        return cls(train, val, manifest.num_classes, preprocessing, train_transform, seed, keys, skipped)
+        # The training split's skips are reported with the first epoch, so it is read without read_split's
+        # line on stderr: a split of which nothing is readable is said in one line.
+        loader = make_loader(manifest, "train", batch_size=1024, augment="none", shuffle=False, drop_last=False,
+                             rank=0, world_size=1, num_workers=workers, on_error=on_error)
+        train, keys = decoded(loader, "training", loader.skipped)
+        val_skipped = SkipLog()
+        val, _ = decoded(read_split(manifest, "val", batch_size=1024, workers=workers, on_error=on_error,
+                                    skipped=val_skipped), "validation", val_skipped)
+        return cls(train, val, manifest.num_classes, preprocessing, train_transform, seed, keys, loader.skipped)
 
 
 class ShardSource:

@@ -24,6 +24,7 @@ from torch import nn
 from ..contract.model import model_info, set_model_info
 from ..errors import VggtkError
 from ..contract.task import BoxTargets, task_loss
+from ..data.errors import DataError
 from ..evaluation.geometry import center_view, center_view_boxes
 from ..host.manager import get_host
 from ..models.factory import create_model, prepare_model
@@ -180,12 +181,15 @@ class _Run:
         self.running = torch.tensor(self.state["running"], dtype=torch.float64, device=self.device)  # loss sum, steps
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.step_t = torch.full((), self.state["step"], dtype=torch.long, device=self.device)  # no sync per step
+        # A finished run, run again, trains nothing: why, so that it is said rather than reported as trained.
+        done = "schedule" if self.state["finished"] else "epochs" if self.state["epoch"] >= self.config.epochs \
+            else None
         self.events("start", {"batches_per_epoch": self.batches_per_epoch, "device": str(self.device),
-                              "world_size": self.env.world_size, **self._counters()})
+                              "world_size": self.env.world_size, "already_finished": done, **self._counters()})
         with _stop_at_step_boundary() as self.stop:
             while not self.state["finished"] and self.state["epoch"] < self.config.epochs:
                 self._epoch()
-        summary = {**self._counters(), "best_val": self._best(),
+        summary = {**self._counters(), "best_val": self._best(), "already_finished": done,
                    "checkpoint": str(latest_checkpoint(self.run_dir)) if self.env.is_main else None}
         self.events("end", summary)
         return summary
@@ -256,6 +260,9 @@ class _Run:
         train_loss = all_reduce_sum(self.running.clone(), self.env)
         skipped = int(all_reduce_sum(torch.tensor(float(skipped), dtype=torch.float64, device=self.device),
                                      self.env).item())
+        if train_loss[1].item() == 0:  # steps summed over ranks, so all stop: every batch of the epoch was skipped
+            raise DataError(f"no training sample was readable, or too few for one batch ({skip_detail})",
+                            shard=self.config.data or "the bundled data")
         self.running.zero_()
         val = self._validate()
         decision = self.schedule.update(-val[self.head.monitor])

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from ..runtime.console import plain, print_table
-from ..runtime.files import atomic_file, png_mark
+from ..runtime.files import atomic_file, png_mark, written_kind
 
 
 
@@ -65,10 +65,37 @@ class TrainReporter:
         self.started = time.perf_counter()
         self.history: list[dict] = []
         self.last_checkpoint = None
+        self.resumed_from = None
+        self.tested = None  # the log's test record at the step the run starts from
 
     def _log(self, record: dict) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int, epoch: int) -> None:
+        """Keep the log's records up to where the run starts: one resumed from an earlier checkpoint
+        trains the later steps again, which would otherwise be logged twice. The plot follows the log."""
+        path, plot = self.run_dir / "metrics.jsonl", self.run_dir / "metrics.png"
+        if not path.is_file():
+            return
+        lines = path.read_text(errors="replace").splitlines()
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+                if record["step"] <= step and (record["event"] != "epoch" or record["epoch"] <= epoch):
+                    kept.append((line, record))
+            except (ValueError, TypeError, KeyError):  # a line cut short by a killed run: no record
+                continue
+        self.tested = next((r for _, r in reversed(kept) if r["event"] == "test" and r["step"] == step), None)
+        if len(kept) == len(lines):
+            return
+        with atomic_file(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line, _ in kept))
+        if self.history:
+            plot_history(self.history, plot)
+        elif written_kind(plot) == "training plot":  # of epochs no longer in the log
+            plot.unlink()
 
     def __call__(self, event: str, state: dict) -> None:
         if not self.is_main:
@@ -76,13 +103,22 @@ class TrainReporter:
         def say(text: str, **kwargs):  # one line however narrow the terminal; paths are not markup
             self.console.print(plain(text), soft_wrap=True, highlight=False, **kwargs)
         if event == "start":
+            self._truncate_log(state["step"], state["epoch"])
             self.progress.start()
             self.total = state["batches_per_epoch"]
+            if state["already_finished"]:
+                why = ("its learning-rate schedule ended it" if state["already_finished"] == "schedule" else
+                       "it ran its --epochs; a larger --epochs trains on")
+                say(f"{self.run_dir}: training already finished at epoch {state['epoch']}, step {state['step']} "
+                    f"({why}); nothing to train")
+                return
+            if self.resumed_from:
+                say(f"resumed from {self.resumed_from} (epoch {state['epoch'] + 1}, step {state['step']})")
             say(f"training on {state['device']} x{state['world_size']}, {self.total} steps per epoch, "
                 f"run directory {self.run_dir}")
-        elif event == "resumed":
+        elif event == "resumed":  # said at the start, unless there is nothing left to train
             self.history = list(state["history"])
-            say(f"resumed from {state['checkpoint']} (epoch {state['epoch'] + 1}, step {state['step']})")
+            self.resumed_from = state["checkpoint"]
         elif event == "initialised":
             say(f"initialised from {state['source']}: {', '.join(state['copied'])}")
         elif event == "step":
@@ -115,19 +151,23 @@ class TrainReporter:
                 say(f"interrupted at step {state['step']}; saved {self.last_checkpoint}; "
                     "run the same command again to resume")
 
-    def summary(self, result: dict) -> None:
-        if result.get("test"):  # kept beside the epochs, so a script reads them without parsing the table
+    def log_test(self, result: dict) -> None:
+        """The test split's errors, kept beside the epochs, so a script reads them without parsing the table."""
+        if result.get("test"):
             self._log({"event": "test", "step": result["step"], "checkpoint": str(result.get("tested")),
                        "errors_pct": result["test"]})
-        table = Table(title="Training finished", show_header=False)
+
+    def summary(self, result: dict) -> None:
+        done = result.get("already_finished")
+        table = Table(title="Training had already finished" if done else "Training finished", show_header=False)
         table.add_column("", no_wrap=True)
         table.add_column("", no_wrap=True)
         best = result.get("best_val") or {}
         rows = [("epochs", str(result["epoch"])), ("steps", str(result["step"]))]
         rows += [(f"best val {k[len('val_'):]}", f"{best[k]:.2f}% (epoch {best['epoch']})") for k in _val_keys(best)]
         rows += [(f"test {k}", f"{v:.2f}%") for k, v in (result.get("test") or {}).items()]
-        rows += [("wall time", f"{time.perf_counter() - self.started:.0f} s"),
-                 ("checkpoint", str(result.get("checkpoint"))), ("best checkpoint", str(self.run_dir / "best")),
+        rows += [] if done else [("wall time", f"{time.perf_counter() - self.started:.0f} s")]
+        rows += [("checkpoint", str(result.get("checkpoint"))), ("best checkpoint", str(self.run_dir / "best")),
                  ("metrics", str(self.run_dir / "metrics.jsonl")), ("plot", str(self.run_dir / "metrics.png"))]
         for name, value in rows:
             table.add_row(plain(name), plain(value))

@@ -33,6 +33,8 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     # data and the plan are good (the loop claims it), so a mistyped name leaves no empty run behind.
     run_dir = check_run_dir(config.run_dir)
     manifest = Manifest.load(resolve_data(config.data))
+    for split in ("train", "val"):  # every epoch validates: a set without a val split is said before any work
+        manifest.split(split)
     plan = plan_run(config, data_facts(manifest))
     train_pipe = train_pipeline(manifest, crop=plan.input_size, scale=plan.scale)
     reporter = TrainReporter(run_dir, console or Console(soft_wrap=True))
@@ -45,7 +47,9 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
     result = train(plan, source, run_dir, resume=None if resume == "none" else resume, on_event=reporter)
     if not reporter.is_main:
         return result
-    if "test" in manifest.splits:
+    if result["already_finished"] and reporter.tested is not None:  # run again: the test it had, not another
+        result["tested"], result["test"] = reporter.tested["checkpoint"], reporter.tested["errors_pct"]
+    elif "test" in manifest.splits:
         best = run_dir / "best"
         path = best if best.is_dir() else Path(result["checkpoint"])
         result["tested"] = path
@@ -60,6 +64,7 @@ def run_training(config: TrainConfig, resume: str = "auto", console: Console | N
                                   on_error=config.on_error, console=reporter.console)
             rows = get_host().registry("tasks").get(task).factory(request)["results"]
             result["test"] = {row["method"]: row[next(k for k in row if k.endswith("_pct"))] for row in rows}
+        reporter.log_test(result)
     reporter.summary(result)
     return result
 
