@@ -216,3 +216,21 @@ def test_class_names_are_shown_as_text_never_as_markup_or_terminal_escapes(tmp_p
         assert names[2] in result.output and "…" not in result.output
         assert "\t" not in result.output and "tab\\x09here" in result.output  # a tab would cut the cell short
         assert "\u202e" not in result.output and "evil\\u202egnp.exe" in result.output  # no reordering
+
+
+def test_piped_messages_keep_long_paths_on_one_line(trained, shards, tmp_path):
+    """Off a terminal (a pipe, a log file) at 80 columns, a message naming a long path is one line."""
+    import os
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("a" * 70) / ("b" * 70)
+    deep.mkdir(parents=True)
+    env = {**os.environ, "COLUMNS": "80"}
+    for args, said in ((["eval", trained[0] / "best", "--data", shards, "--methods", "center", "--out", deep / "e.json"],
+                        f"results written to {deep / 'e.json'}"),
+                       (["convert", trained[0] / "best", deep / "c.safetensors"], f"-> {deep / 'c.safetensors'}")):
+        done = subprocess.run([sys.executable, "-m", "vgg_toolkit", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert any(said in line for line in done.stdout.splitlines()), done.stdout

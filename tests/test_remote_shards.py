@@ -247,5 +247,13 @@ def test_eval_under_skip_counts_a_changed_remote_shard(changed, trained, tmp_pat
                    "--on-error", "skip", "--out", tmp_path / "e.json")
     assert result.exit_code == 0, result.output
     assert f"skipped {count} bad sample(s): {count} checksum mismatch" in result.stderr, result.stderr
-    assert json.loads((tmp_path / "e.json").read_text())["results"][0]["images"] == total - count
+    written = json.loads((tmp_path / "e.json").read_text())
+    assert written["results"][0]["images"] == total - count
+    assert written["skipped"]["total"] == count and written["skipped"]["by_kind"] == {"checksum mismatch": count}
+    assert written["on_error"] == "skip" and written["limit"] is None
+    limited = vggtk("eval", trained[0] / "best", "--data", folder, "--split", "val", "--methods", "center",
+                    "--limit", 10, "--out", tmp_path / "l.json")
+    assert limited.exit_code == 0, limited.output
+    written = json.loads((tmp_path / "l.json").read_text())
+    assert written["limit"] == 10 and written["results"][0]["images"] == 10 and written["skipped"]["total"] == 0
 

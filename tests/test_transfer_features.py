@@ -225,3 +225,20 @@ def test_linear_probe_tells_nets_by_their_weights_not_their_paths(trained, shard
     again = vggtk("extract-features", net, "--data", shards, "--splits", "test", "--out", tmp_path / "f")
     assert again.exit_code == 0, again.output
     assert "weights_sha256" in input_error(vggtk("linear-probe", tmp_path / "f", "--val", "", "--c", "1"))
+
+
+def test_a_net_without_named_taps_gives_its_pre_logits():
+    """timm's fallback: the input of the last layer, pooled, flip-averaged and normalised as any tap."""
+    from torch import nn
+
+    from vgg_toolkit.plugins.transfer.features import PRE_LOGITS, image_descriptors
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    x = torch.randn(2, 1, 32, 32)
+    got = image_descriptors(net, x, scales=[32], tap=PRE_LOGITS, flip=True)
+    with torch.no_grad():
+        pooled = [net[:4](v) for v in (x, x.flip(-1))]
+    assert torch.allclose(got, F.normalize((pooled[0] + pooled[1]) / 2, dim=1), atol=1e-6)
+    with pytest.raises(VggtkError, match="no forward_features"):
+        image_descriptors(net, x, scales=[32], tap="fc7")

@@ -12,7 +12,7 @@ from rich.console import Console
 import vgg_toolkit as vt
 
 from .extract import FEATURES_KIND, extract_on_shards, read_features, write_features
-from .features import COMBINES
+from .features import COMBINES, PRE_LOGITS
 from .linear_probe import probe
 
 DEFAULT_CHECKPOINT = Path("runs/train/best")
@@ -52,6 +52,9 @@ def extract_features(
         raise vt.VggtkError(f"--scales: {exc}") from None
     manifest = vt.Manifest.load(vt.resolve_data(data))
     wanted = [s.strip() for s in splits.split(",") if s.strip()] if splits else list(manifest.splits)
+    twice = sorted({s for s in wanted if wanted.count(s) > 1})
+    if twice:
+        raise vt.VggtkError(f"--splits {splits!r}: {', '.join(twice)} named twice")
     for split in wanted:
         manifest.split(split)
     if out.exists() and not out.is_dir():
@@ -63,16 +66,21 @@ def extract_features(
     paths = [*(checkpoints or ([] if weights else [DEFAULT_CHECKPOINT])), *map(Path, weights)]
     models = [vt.load_trained(p, dev, plugin_options, command="extract-features", assume=assume) for p in paths]
     vt.check_fits_data(models, manifest, [str(p) for p in paths], classes=False)  # features serve new tasks
-    for path, model in zip(paths, models):  # said before any image is read
+    taps_of = [tap if isinstance(m, vt.FeatureTaps) else PRE_LOGITS for m in models]
+    for path, model, used in zip(paths, models, taps_of):  # said before any image is read
         taps = getattr(model, "feature_taps", ())
-        if tap not in taps:
+        if used == PRE_LOGITS:  # a net without named taps: the input of its last layer, said so
+            console.print(vt.plain(f"{path}: no feature taps; its pre-logits (the input of its last layer) "
+                                   "stand in for --tap"), style="yellow")
+        elif tap not in taps:
             raise vt.VggtkError(f"--tap {tap!r}: not a tap of {path} ({vt.model_info(model).arch}); known: "
                                 f"{', '.join(taps) or '(none)'}")
-    meta = {"tap": tap, "combine": combine, "flip": flip, "checkpoints": [str(p) for p in paths],
+    meta = {"tap": tap if len(set(taps_of)) == 1 and taps_of[0] == tap else taps_of, "combine": combine, "flip": flip,
+            "checkpoints": [str(p) for p in paths],
             "weights_sha256": [vt.weights_digest(p) for p in paths],
             "data": manifest.location}
     for split in wanted:
-        result = extract_on_shards(models, manifest, split, scales=test_scales, tap=tap, flip=flip, combine=combine,
+        result = extract_on_shards(models, manifest, split, scales=test_scales, tap=taps_of, flip=flip, combine=combine,
                                    batch_size=batch_size, workers=workers, on_error=on_error, limit=limit,
                                    console=console)
         path = write_features(result, out / f"{split}.safetensors", {**meta, "split": split})

@@ -18,12 +18,14 @@ FEATURES_KIND = "features"
 
 
 def extract_on_shards(models: Sequence[torch.nn.Module], manifest: vt.Manifest, split: str, *, scales=None,
-                      tap: str = "fc7", flip: bool = True, combine: str = "average", batch_size: int = 64,
+                      tap: str | Sequence[str] = "fc7", flip: bool = True, combine: str = "average", batch_size: int = 64,
                       workers: int = 0, on_error: str = "fail", limit: Optional[int] = None,
                       console: Console | None = None) -> dict:
     """``{"features": (N, D), "labels": (N,), "keys": [...], "scales": [...] per model}`` for one split.
-    Each model sees the images made into its input by its own preprocessing."""
+    Each model sees the images made into its input by its own preprocessing; ``tap`` is every model's, or
+    one per model."""
     manifest.split(split)
+    taps = [tap] * len(models) if isinstance(tap, str) else list(tap)
     preps = [vt.input_preprocessing(m, manifest) for m in models]
     used = [descriptor_scales(m, scales) for m in models]
     total = min(limit, manifest.samples(split)) if limit else manifest.samples(split)
@@ -36,11 +38,11 @@ def extract_on_shards(models: Sequence[torch.nn.Module], manifest: vt.Manifest, 
         for batch in vt.read_split(manifest, split, batch_size=batch_size, workers=workers, on_error=on_error,
                                    limit=limit):
             parts = []
-            for model, prep, qs in zip(models, preps, used):
+            for model, prep, qs, tap_ in zip(models, preps, used, taps):
                 device = next(model.parameters()).device
                 x = prep.apply(batch.images.to(device))
                 with vt.mixed_precision(device):
-                    parts.append(image_descriptors(model, x, qs, tap=tap, flip=flip, combine=combine).cpu())
+                    parts.append(image_descriptors(model, x, qs, tap=tap_, flip=flip, combine=combine).cpu())
             features.append(stacked(parts))
             if not bool(torch.isfinite(features[-1]).all()):
                 raise vt.VggtkError(f"{manifest.path} {split}: the nets give NaN or infinite features (their weights "

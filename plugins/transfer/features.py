@@ -28,11 +28,35 @@ def descriptor_scales(model: nn.Module, scales: Iterable[int] | None = None) -> 
     return test_scales_for(model, scales, multi=True)
 
 
+PRE_LOGITS = "pre-logits"  # a net without named taps: the input of its last layer, as timm's pre-logits
+
+
+def last_layer(model: nn.Module) -> nn.Module:
+    """The last module with weights of their own (a Linear or a conv), whose input is the pre-logits."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
+    if not layers:
+        raise VggtkError(f"{type(model).__name__} has no feature taps and no Linear or conv layer to take "
+                         "the input of")
+    return layers[-1]
+
+
+def _tapped(model: nn.Module, x: torch.Tensor, tap: str) -> torch.Tensor:
+    if tap != PRE_LOGITS:
+        return model.forward_features(x, taps=(tap,))[tap]
+    seen = []
+    handle = last_layer(model).register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[-1]
+
+
 def _pooled(model: nn.Module, x: torch.Tensor, tap: str) -> torch.Tensor:
-    out = model.forward_features(x, taps=(tap,))[tap]
+    out = _tapped(model, x, tap)
     if out.ndim == 4:  # a feature map: global average pooling
         out = out.mean(dim=(2, 3))
-    return out.float()
+    return out.reshape(len(out), -1).float()
 
 
 def image_descriptors(model: nn.Module, images: torch.Tensor, scales: Sequence[int], tap: str = "fc7",
@@ -40,7 +64,7 @@ def image_descriptors(model: nn.Module, images: torch.Tensor, scales: Sequence[i
     """(N, D) descriptors, L2-normalised, of a batch of same-size normalised images (N, C, H, W)."""
     if combine not in COMBINES:
         raise VggtkError(f"unknown way to combine scales {combine!r}; known: {', '.join(COMBINES)}")
-    if not isinstance(model, FeatureTaps):
+    if tap != PRE_LOGITS and not isinstance(model, FeatureTaps):
         raise VggtkError(f"{type(model).__name__} has no forward_features(x, taps), so no feature taps")
     per_scale = []
     with model_form(model, fully_conv=True), torch.no_grad():

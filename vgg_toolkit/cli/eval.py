@@ -13,7 +13,7 @@ from ..contract.model import find_model_info
 from ..contract.preprocess import PREPROCESS_HELP, parse_preprocess
 from ..contract.scale import parse_test_scales
 from ..data.bundled import resolve_data
-from ..data.errors import check_policy
+from ..data.errors import SkipLog, check_policy
 from ..data.shards.manifest import Manifest
 from ..errors import VggtkError
 from ..evaluation.on_shards import evaluate_on_shards
@@ -100,7 +100,8 @@ def eval_command(
     console = Console(stderr=as_json, soft_wrap=True)
     extra = {"data": manifest.location, "split": split, "checkpoints": [str(p) for p in paths],
              "weights_sha256": [weights_digest(p) for p in paths],
-             "models": [find_model_info(m).to_json() if find_model_info(m) else None for m in models]}
+             "models": [find_model_info(m).to_json() if find_model_info(m) else None for m in models],
+             "limit": limit, "on_error": on_error}
     if evaluate is not None:
         request = EvalRequest(models, [str(p) for p in paths], manifest, split, names, options, batch_size, workers,
                               on_error, limit, console, plugin_options or {})
@@ -117,9 +118,11 @@ def eval_command(
         if other not in (None, "classification"):
             raise VggtkError(f"{path}: a net with the {head} head, for the {other} task: evaluate it with "
                              f"--task {other}")
+    skipped = SkipLog()
     results = evaluate_on_shards(models, manifest, split, names or CLASSIFICATION_METHODS, options,
                                  batch_size=batch_size, workers=workers, on_error=on_error, limit=limit,
-                                 console=console, names=[str(p) for p in paths])
+                                 console=console, names=[str(p) for p in paths], skipped=skipped)
+    extra["skipped"] = {"total": skipped.total, "by_kind": dict(skipped.counts), "first": skipped.examples[:1]}
     write_json(results, out, per_class=per_class, extra=extra)
     if as_json:
         print(json.dumps(results_json(results, per_class, extra), indent=2, allow_nan=False))

@@ -77,6 +77,9 @@ class TrainScale:
 def parse_test_scales(spec: str | Iterable[int]) -> tuple[int, ...]:
     """Test scales Q: ``"256,384,512"`` or integers -> (256, 384, 512)."""
     if isinstance(spec, str):
+        parts = [p.strip() for p in re.split(r"[,;]", spec.strip())]
+        if any(not p for p in parts) and spec.strip():  # "36,," or "256,,384": a scale left out by mistake
+            raise VggtkError(f"test scales {spec!r}: an empty scale between commas")
         try:
             scales = tuple(int(p) for p in re.split(r"[\s,;]+", spec.strip()) if p)
         except ValueError:

@@ -10,6 +10,7 @@ import torch
 
 from ..contract.model import find_model_info, model_info
 from ..contract.preprocess import Preprocessing
+from ..data.errors import SkipLog
 from ..data.loader import read_split
 from ..data.shards.manifest import Manifest
 from ..errors import VggtkError
@@ -83,17 +84,20 @@ def feeds_for(models: Sequence[torch.nn.Module], manifest: Manifest, names: Sequ
 
 
 def _pixels(manifest: Manifest, split: str, batch_size: int, workers: int, on_error: str, limit: int | None,
-            device: torch.device) -> Iterator:
-    for batch in read_split(manifest, split, batch_size=batch_size, workers=workers, on_error=on_error, limit=limit):
+            device: torch.device, skipped: SkipLog | None = None) -> Iterator:
+    for batch in read_split(manifest, split, batch_size=batch_size, workers=workers, on_error=on_error, limit=limit,
+                            skipped=skipped):
         yield batch.images.to(device), batch.labels
 
 
 def evaluate_on_shards(models: Sequence[torch.nn.Module], data: Manifest | str | Path, split: str,
                        methods: Sequence[str], options: dict | None = None, batch_size: int = 64, workers: int = 0,
                        on_error: str = "fail", limit: int | None = None, console=None,
-                       progress: bool | None = None, names: Sequence[str] | None = None) -> list[EvalResult]:
+                       progress: bool | None = None, names: Sequence[str] | None = None,
+                       skipped: SkipLog | None = None) -> list[EvalResult]:
     """One EvalResult per method: ``models`` (an ensemble when several) over a split of the shards, each
-    fed with its own preprocessing. ``names`` (e.g. the checkpoints' paths) name the models in errors."""
+    fed with its own preprocessing. ``names`` (e.g. the checkpoints' paths) name the models in errors;
+    ``skipped`` receives what ``--on-error skip`` left out (counted once: every method reads the same)."""
     manifest = data if isinstance(data, Manifest) else Manifest.load(data)
     manifest.split(split)  # an unknown split is said now
     names = list(names or [f"model {i + 1}" for i in range(len(models))])
@@ -104,7 +108,8 @@ def evaluate_on_shards(models: Sequence[torch.nn.Module], data: Manifest | str |
     # a net scored over the data's classes by name stands for the data's list
     class_lists = [manifest.classes if f.columns is not None else getattr(find_model_info(m), "classes", None)
                    for f, m in zip(feeds, models)]
-    return [run_evaluation(models, evaluator, _pixels(manifest, split, batch_size, workers, on_error, limit, device),
+    return [run_evaluation(models, evaluator, _pixels(manifest, split, batch_size, workers, on_error, limit, device,
+                                                      skipped if i == 0 else None),
                            class_names=manifest.classes, class_lists=class_lists, total=total, console=console,
                            progress=progress, feeds=feeds)
-            for evaluator in evaluators]
+            for i, evaluator in enumerate(evaluators)]
