@@ -64,6 +64,36 @@ def world(shards, trained, tmp_path_factory):
     # A CSV list whose box lies outside its 32x32 image.
     (w / "boxes.csv").write_text(f"path,label,boxes\n{first},a,\"[[2, 2, 100, 100]]\"\n"
                                  f"{second},b,\"[[20, 20, 2, 2]]\"\n")
+    # Image lists that mean other labels than they would be written as, or are no lists.
+    png, png2 = str(first), str(second)
+    for name, body in {
+        "catdog.json": {"classes": "catdog", "samples": [{"path": png, "label": "c"}]},
+        "mixed.json": [{"path": png, "label": 0}, {"path": png2, "label": "cat"}],
+        "nulllabel.json": [{"path": png, "label": None}],
+        "ints.json": [1, 2],
+        "intpath.json": [{"path": 5, "label": 0}],
+        "wordbox.json": [{"path": png, "label": 0, "boxes": [[0, 0, "a", 5]]}],
+        "morelabels.json": [{"path": png, "label": 0, "boxes": [[0, 0, 5, 5]], "box_labels": [0, 0]}],
+        "boxlabel.json": {"classes": ["a", "b"], "samples": [{"path": png, "label": "a", "boxes": [[1, 1, 9, 9]],
+                                                              "box_labels": [7]}]},
+    }.items():
+        (w / name).write_text(json.dumps(body))
+
+    # Manifests that cannot be right, one whose channels its (greyscale) images contradict, one with no val.
+    def nan_mean(m):
+        m["stats"]["mean_rgb"][0] = float("nan")
+
+    def no_val(m):
+        m["splits"].pop("val")
+    for name, edit in {"dupclass": lambda m: m["classes"].__setitem__(1, m["classes"][0]),
+                       "negcount": lambda m: m["splits"]["train"]["shards"][0].update(samples=-1),
+                       "nanmean": nan_mean, "nosplits": lambda m: m.update(splits={}),
+                       "chan2": lambda m: m.update(channels=2), "chan3": lambda m: m.update(channels=3),
+                       "noval": no_val}.items():
+        shutil.copytree(shards, w / name)
+        manifest = json.loads((w / name / "manifest.json").read_text())
+        edit(manifest)
+        (w / name / "manifest.json").write_text(json.dumps(manifest))
     # Shards: a text label; a manifest that under-counts a shard.
     for name in ("textcls", "undercount", "cutshard"):
         shutil.copytree(shards, w / name)
@@ -188,6 +218,34 @@ CASES = [
      "outside the 32x32 image"),
     ("create with a bad error policy", ["shards", "create", "{w}/cut", "{w}/o9", "--on-error", "ignore"],
      "--on-error"),
+    ("create from a list whose classes are one string", ["shards", "create", "{w}/catdog.json", "{w}/o10"],
+     "catdog.json: \"classes\" must be a list of class names"),
+    ("create from a list mixing indices and names", ["shards", "create", "{w}/mixed.json", "{w}/o11"],
+     "mixed.json:1: label 'cat' is a class name"),
+    ("create from a list with a null label", ["shards", "create", "{w}/nulllabel.json", "{w}/o12"],
+     "nulllabel.json:0: label None is neither"),
+    ("create from a list of numbers", ["shards", "create", "{w}/ints.json", "{w}/o13"],
+     "ints.json:0: an entry is an object"),
+    ("create from a list with a number for a path", ["shards", "create", "{w}/intpath.json", "{w}/o14"],
+     "intpath.json:0: path 5 is not a file name"),
+    ("create from a list with a word in a box", ["shards", "create", "{w}/wordbox.json", "{w}/o15"],
+     "wordbox.json:0: box 0 holds 'a'"),
+    ("create from a list with more box labels than boxes", ["shards", "create", "{w}/morelabels.json", "{w}/o16"],
+     "morelabels.json:0: 2 box labels for 1 boxes"),
+    ("create with a box label outside the classes", ["shards", "create", "{w}/boxlabel.json", "{w}/o17", "--splits",
+                                                     "train=1"], "box label 7 out of range for 2 classes"),
+    ("verify a manifest naming a class twice", ["shards", "verify", "{w}/dupclass"], "is listed 2 times"),
+    ("inspect a manifest naming a class twice", ["shards", "inspect", "{w}/dupclass", "--sheet", "{w}/s.png"],
+     "dupclass/manifest.json: unreadable manifest (classes:"),
+    ("verify a manifest with a negative sample count", ["shards", "verify", "{w}/negcount"],
+     "splits.train: samples is -1"),
+    ("verify a manifest with a NaN mean", ["shards", "verify", "{w}/nanmean"], "stats: a mean"),
+    ("verify a manifest with no splits", ["shards", "verify", "{w}/nosplits"], "splits: the manifest lists no split"),
+    ("train on a manifest of 2 channels", ["train", "--data", "{w}/chan2", "--run-dir", "{w}/r7"], "channels: 2"),
+    ("eval on a manifest of 2 channels", ["eval", "{run}/best", "--data", "{w}/chan2"], "chan2/manifest.json"),
+    ("verify a 3-channel manifest of greyscale images", ["shards", "verify", "{w}/chan3"],
+     "the manifest says 3 channels and every image is greyscale"),
+    ("train on a set without a val split", ["train", "--data", "{w}/noval", "--run-dir", "{w}/r8"], "no split 'val'"),
     # shards inspect / verify
     ("inspect a text label", ["shards", "inspect", "{w}/textcls", "--sheet", "{w}/s.png"], ".cls"),
     ("inspect a truncated shard", ["shards", "inspect", "{w}/cutshard", "--sheet", "{w}/s.png"], "train-000000"),

@@ -52,6 +52,11 @@ def _pil_mode(channels: int | None, mode: str) -> str:
     return "L" if mode in ("L", "LA", "I;16", "I", "F", "1") else "RGB"
 
 
+def stored_channels(mode: str) -> int:
+    """1 or 3: the channels an image of PIL ``mode`` decodes to when none are forced (what it holds)."""
+    return 1 if _pil_mode(None, mode) == "L" else 3
+
+
 def _to_tensor(img: Image.Image) -> torch.Tensor:
     arr = np.asarray(img)
     if arr.ndim == 2:

@@ -139,6 +139,7 @@ class ReadSettings:
     with_boxes: bool
     pin_memory: bool
     defer_jpeg: bool = False
+    manifest_channels: int | None = None  # the manifest's, when the images are read as it says (not forced)
 
     @property
     def logical_workers(self) -> int:
@@ -195,7 +196,7 @@ class ShardDataset(IterableDataset):
             if emitted >= limit:
                 break
             try:
-                sample = parse_sample(raw, self.num_classes, cfg.channels)
+                sample = parse_sample(raw, self.num_classes, cfg.channels, cfg.manifest_channels)
                 sample = self.pipeline(sample, sample_generator(cfg.seed, self.epoch, sample["key"]),
                                        leave_jpeg=cfg.defer_jpeg)
                 if isinstance(sample["image"], LazyImage):  # its boxes (not asked for) miss the decode's correction
@@ -366,7 +367,8 @@ def make_loader(source, split: str = "train", batch_size: int = 128, augment="au
         sample and counts it in ``loader.skipped``.
     start_position: batches of this epoch already consumed (int), or ``loader.state_dict()``.
     shuffle: default True for "train"; drop_last: default = shuffle.
-    channels: 1 or 3 to force greyscale or RGB; None keeps the data's (``manifest.channels``).
+    channels: 1 or 3 to force greyscale or RGB; None keeps the data's (``manifest.channels``; a colour
+        image in a set whose manifest says 1 channel is then bad data, kind "wrong channels").
     verify: "sha256" checks each shard against the manifest the first time a process opens it;
         "size" checks only the size; "none" skips both.
     defer_jpeg: JPEGs that every augmentation op can take undecoded are left encoded, for the training
@@ -394,10 +396,11 @@ def make_loader(source, split: str = "train", batch_size: int = 128, augment="au
     pipeline = _pipeline(augment, manifest, is_train)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    manifest_channels = None
     if channels is None and manifest is not None:
-        channels = manifest.channels
+        channels = manifest_channels = manifest.channels
     settings = ReadSettings(batch_size, seed, rank, world_size, num_workers, shuffle, shuffle_buffer, drop_last,
-                            on_error, verify, channels, with_boxes, pin_memory, defer_jpeg)
+                            on_error, verify, channels, with_boxes, pin_memory, defer_jpeg, manifest_channels)
     return ShardLoader(refs, manifest, pipeline, settings, epoch, start_position)
 
 

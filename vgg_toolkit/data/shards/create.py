@@ -16,8 +16,8 @@ from ...errors import VggtkError
 from .manifest import MANIFEST_NAME, ColorStats, Manifest
 from .publish import clean_debris, discard, previous_set, publish, staging_folder
 from .reader import derive_seed
-from .records import Record, box_problem
-from ..decode import SIXTEEN_BIT, decode_failure, to_8bit
+from .records import Record, box_problem, label_problem
+from ..decode import decode_failure, stored_channels, to_8bit
 from ..errors import DataError, SkipLog, handle
 from ..sources.base import SPLITS, Source
 from .writer import RollingWriter
@@ -72,7 +72,6 @@ def _examine(record: Record, want_stats: bool):
         if factor > 1 and img.format == "JPEG":
             img.draft("RGB", (max(1, w // factor), max(1, h // factor)))
         img.load()
-        mode = to_8bit(img).mode if img.mode in SIXTEEN_BIT else img.mode
         sums = None
         if want_stats:
             small = to_8bit(img)
@@ -81,7 +80,7 @@ def _examine(record: Record, want_stats: bool):
             rgb = np.asarray(small.convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
             weight = w * h / len(rgb)
             sums = (rgb.sum(0) * weight, (rgb.T @ rgb) * weight, w * h)
-        return (w, h, mode), sums
+        return (w, h, img.mode), sums
 
 
 def create_shards(source: Source, outdir: str | Path, *, samples_per_shard: int | None = None,
@@ -134,8 +133,9 @@ def _write_set(source: Source, folder: Path, by_split: dict[str, list], *, sampl
     def load(ref, want_stats: bool):
         record = ref.load()
         where = getattr(ref, "path", None) or record.key
-        if not 0 <= record.label < len(source.classes):
-            raise VggtkError(f"{where}: label {record.label} out of range for {len(source.classes)} classes")
+        problem = label_problem(record, len(source.classes))
+        if problem:
+            raise VggtkError(f"{where}: {problem}")
         try:
             info, sums = _examine(record, want_stats)
         except Exception as exc:  # PIL raises many types for a broken file
@@ -196,7 +196,8 @@ def _write_set(source: Source, folder: Path, by_split: dict[str, list], *, sampl
                 for f in window:
                     f.cancel()
                 raise
-    channels = source.channels or (1 if modes <= {"L"} else 3)
+    # The rule a reader applies to each image (``stored_channels``), so that verify finds the set's channels right.
+    channels = source.channels or max((stored_channels(m) for m in modes), default=1)
     extra = dict(source.info)
     extra["image_size"] = {"min_side": sides[0], "max_side": sides[1]}
     extra["created_with"] = {"seed": seed, "shuffle": shuffle, "samples_per_shard": samples_per_shard,

@@ -89,8 +89,11 @@ class VerifyReport:
 def verify(manifest: Manifest, splits: list[str] | None = None, on_error: str = "fail",
            progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Check every shard's sha256 and sample count against the manifest and decode every image in full.
-    ``fail`` raises the first problem (naming shard and member); ``skip`` records them all."""
+    ``fail`` raises the first problem (naming shard and member); ``skip`` records them all. Each image's
+    channels are compared with the manifest's: a colour image in a 1-channel set is a problem, and so is a
+    3-channel set, checked whole, of greyscale images alone."""
     report = VerifyReport()
+    colour = False
     for split in splits or list(manifest.splits):
         for info in manifest.split(split):
             path = manifest.shard_location(info.name)
@@ -102,8 +105,9 @@ def verify(manifest: Manifest, splits: list[str] | None = None, on_error: str = 
                 for raw in iter_raw(path, expect=ref):
                     n += 1
                     try:
-                        sample = parse_sample(raw, manifest.num_classes)
-                        decode(sample["image"].data, None, str(path), sample["image"].member)
+                        sample = parse_sample(raw, manifest.num_classes, manifest_channels=manifest.channels)
+                        image = decode(sample["image"].data, None, str(path), sample["image"].member)
+                        colour = colour or image.shape[0] == 3
                         report.decoded += 1
                         report.boxes += len(sample.get("boxes", []))
                     except DataError as err:
@@ -122,4 +126,9 @@ def verify(manifest: Manifest, splits: list[str] | None = None, on_error: str = 
                     progress(info.samples - n)
             report.samples += n
             report.per_shard.append((info.name, n, status))
+    whole = set(splits or manifest.splits) == set(manifest.splits)
+    if manifest.channels == 3 and whole and report.ok and report.decoded and not colour:
+        handle(DataError("the manifest says 3 channels and every image is greyscale: a net would be built for "
+                         "colour the set does not hold; rebuild the set", shard=manifest.location,
+                         kind="wrong channels"), on_error, report.skipped)
     return report

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,32 +184,85 @@ class Manifest:
         except DataError as err:
             raise DataError(f"manifest not readable ({str(err).removeprefix(where + ': cannot read: ')})", shard=where,
                             kind="unreadable manifest") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: also JSON's digit limit
             raise DataError(f"unreadable manifest ({exc})", shard=where, kind="unreadable manifest") from None
+        return cls.from_json(data, where)
+
+    @classmethod
+    def from_json(cls, data, where: str) -> "Manifest":
+        """The manifest a parsed ``manifest.json`` at ``where`` describes. A field that cannot be right (a class
+        named twice, a negative count, a mean that is not a number, no split, a channel count other than 1 or 3)
+        is refused here, in one line naming ``where`` and the field, so no command reads such a set."""
         try:
             if data.get("format") != FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-            splits = {
-                split: [ShardInfo(str(s["name"]), int(s["samples"]), int(s["bytes"]), str(s["sha256"]))
-                        for s in body["shards"]]
-                for split, body in data["splits"].items()
-            }
-            for shards in splits.values():
-                for s in shards:
-                    if Path(s.name).name != s.name:
-                        raise ValueError(f"shard name {s.name!r} must be a plain file name")
-            stats = None
-            if "stats" in data:
-                st = data["stats"]
-                stats = ColorStats([float(v) for v in st["mean_rgb"]], [float(v) for v in st["eigval"]],
-                                   [[float(v) for v in row] for row in st["eigvec"]], int(st.get("pixels", 0)))
-                if len(stats.mean_rgb) != 3 or len(stats.eigval) != 3 or np.shape(stats.eigvec) != (3, 3):
-                    raise ValueError("stats must hold 3 means, 3 eigenvalues and a 3x3 eigenvector matrix")
+            if not isinstance(data["splits"], dict) or not data["splits"]:
+                raise ValueError("splits: the manifest lists no split")
+            splits = {split: _shards(split, body) for split, body in data["splits"].items()}
+            stats = _stats(data["stats"]) if "stats" in data else None
             known = {"format", "name", "classes", "channels", "splits", "stats"}
-            return cls(location=where, classes=[str(c) for c in data["classes"]], splits=splits, stats=stats,
+            return cls(location=where, classes=_class_names(data["classes"]), splits=splits, stats=stats,
                        stats_split=str(data.get("stats", {}).get("split", "train")),
-                       channels=int(data.get("channels", 3)), name=str(data.get("name", "")),
+                       channels=_channels(data.get("channels", 3)), name=str(data.get("name", "")),
                        extra={k: v for k, v in data.items() if k not in known})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
             raise DataError(f"unreadable manifest ({detail})", shard=where, kind="unreadable manifest") from None
+
+
+def _shards(split: str, body) -> list[ShardInfo]:
+    """The shard entries of one split."""
+    if not isinstance(body, dict) or not isinstance(body.get("shards"), list) or \
+            not all(isinstance(s, dict) for s in body["shards"]):
+        raise ValueError(f"splits.{split}: must hold a list of shard entries under \"shards\"")
+    shards = [ShardInfo(str(s["name"]), _count(s["samples"], f"splits.{split}: samples"),
+                        _count(s["bytes"], f"splits.{split}: bytes"), str(s["sha256"])) for s in body["shards"]]
+    for s in shards:
+        if Path(s.name).name != s.name:
+            raise ValueError(f"shard name {s.name!r} must be a plain file name")
+    return shards
+
+
+def _count(value, what: str) -> int:
+    """A whole number >= 0; JSON's true and false, which Python takes for 1 and 0, are not counts."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} is {value!r:.40}, not a whole number >= 0")
+    return value
+
+
+def _class_names(classes) -> list[str]:
+    """One name per class, each once: a string would be read as one class per letter, and a name listed twice
+    would leave one of its labels unnameable."""
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError("classes: must be a non-empty list of class names")
+    twice = [name for name, n in Counter(classes).items() if n > 1]
+    if twice:
+        raise ValueError(f"classes: {twice[0]!r} is listed {Counter(classes)[twice[0]]} times")
+    return classes
+
+
+def _channels(value) -> int:
+    """1 (greyscale) or 3 (RGB): the images are read as such and the net is built for as many."""
+    if isinstance(value, bool) or value not in (1, 3):
+        raise ValueError(f"channels: {value!r:.40}, where a shard set holds 1-channel or 3-channel images")
+    return int(value)
+
+
+def _stats(st) -> ColorStats:
+    """The colour statistics as ``ColorStats.from_sums`` makes them: finite, means in [0, 1], eigenvalues >= 0."""
+    try:
+        stats = ColorStats([float(v) for v in st["mean_rgb"]], [float(v) for v in st["eigval"]],
+                           [[float(v) for v in row] for row in st["eigvec"]],
+                           _count(st.get("pixels", 0), "stats.pixels"))
+    except OverflowError:
+        raise ValueError("stats: a value is too large to be a number") from None
+    if len(stats.mean_rgb) != 3 or len(stats.eigval) != 3 or np.shape(stats.eigvec) != (3, 3):
+        raise ValueError("stats: must hold 3 means, 3 eigenvalues and a 3x3 eigenvector matrix")
+    values = stats.mean_rgb + stats.eigval + [v for row in stats.eigvec for v in row]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("stats: a mean, eigenvalue or eigenvector is not a finite number")
+    if not all(0.0 <= v <= 1.0 for v in stats.mean_rgb):
+        raise ValueError(f"stats.mean_rgb {stats.mean_rgb} lies outside [0, 1]")
+    if any(v < 0 for v in stats.eigval):
+        raise ValueError(f"stats.eigval {stats.eigval} holds a negative variance")
+    return stats

@@ -26,7 +26,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from ...runtime.seeding import derived_seed as derive_seed
-from ..decode import LazyImage
+from ..decode import LazyImage, stored_channels
 from ..errors import DataError, SkipLog, handle
 from .cache import CacheSink, cached_copy
 from .location import MANIFEST_NAME, explain, is_remote, local_path, open_stream
@@ -214,9 +214,11 @@ def _with_url(files, path: str):
         yield f
 
 
-def parse_sample(raw: dict, num_classes: int | None = None, channels: int | None = None) -> dict:
+def parse_sample(raw: dict, num_classes: int | None = None, channels: int | None = None,
+                 manifest_channels: int | None = None) -> dict:
     """A checked sample: ``image`` (a LazyImage, decoded later), ``label``, optional ``boxes`` (float32
-    N x 4, x1 y1 x2 y2 pixels) and ``box_labels``. Raises DataError naming the shard and member."""
+    N x 4, x1 y1 x2 y2 pixels) and ``box_labels``. Raises DataError naming the shard and member. A colour
+    image in a set whose manifest says 1 channel (``manifest_channels``) is one: it would be read as grey."""
     shard, key = raw["__shard__"], raw["__key__"]
     exts = [e for e in IMAGE_EXTS if e in raw]
     if not exts:
@@ -233,6 +235,9 @@ def parse_sample(raw: dict, num_classes: int | None = None, channels: int | None
         raise DataError(f"label {label} out of range [0, {num_classes})", shard, f"{key}.cls", kind="bad label")
     sample = {"key": key, "label": label,
               "image": LazyImage(raw[exts[0]], channels, shard=shard, member=image_member)}
+    if manifest_channels == 1 and stored_channels(sample["image"].src_mode) == 3:
+        raise DataError(f"a colour ({sample['image'].src_mode}) image, and the manifest says the set holds "
+                        "1-channel images", shard, image_member, kind="wrong channels")
     if "json" in raw:
         try:
             meta = json.loads(raw["json"])

@@ -34,6 +34,15 @@ def box_problem(boxes, width: int, height: int) -> str | None:
     return None
 
 
+def label_problem(record: "Record", num_classes: int) -> str | None:
+    """What is wrong with the first label or box label outside the ``num_classes`` classes, or None: the reader
+    refuses such a sample, so a set holding one would fail its own verify."""
+    if not 0 <= record.label < num_classes:
+        return f"label {record.label} out of range for {num_classes} classes"
+    bad = next((v for v in record.box_labels or [] if not 0 <= v < num_classes), None)
+    return None if bad is None else f"box label {bad} out of range for {num_classes} classes"
+
+
 def safe_key(text: str) -> str:
     """A WebDataset key: the reader splits member names at the first dot, so keys hold none (nor slashes)."""
     return re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_") or "sample"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,12 +107,116 @@ def image_folder(root: str | Path) -> Source:
     return Source(root.name, classes, refs, info={"source": {"kind": "image folder", "path": root.name}})
 
 
-def _parse_label(value, classes: list[str] | None, names: dict, where: str):
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
-        return int(value)
-    if classes is not None and value not in classes:
-        raise VggtkError(f"{where}: label {value!r} is not one of the listed classes")
-    return names.setdefault(str(value), len(names)) if classes is None else classes.index(value)
+_INDEX = re.compile(r"-?[0-9]{1,18}")  # longer digits index no class (and int() refuses 4300 and more)
+
+
+class _Labels:
+    """A list's labels as class indices. A label is an index (a whole number, or its digits) or a class name:
+    one of the listed classes, or, when the list lists none, a new class in order of appearance. Such a list
+    uses names alone or indices alone: mixed, a name would take an index that another label already means."""
+
+    def __init__(self, classes: list[str] | None):
+        self.classes, self.names = classes, {}
+        self.first_index: str | None = None  # the entry of the first index label, to name in an error
+
+    def read(self, value, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip():
+            raise VggtkError(f"{where}: label {value!r:.40} is neither a class index nor a class name")
+        if isinstance(value, int) or _INDEX.fullmatch(value.strip()):
+            if self.classes is None and self.names:
+                raise VggtkError(f"{where}: label {value!r:.40} is a class index and earlier labels are class names; "
+                                 "without \"classes\" a list uses names or indices, not both")
+            self.first_index = self.first_index or where
+            return int(value)
+        if self.classes is not None:
+            if value not in self.classes:
+                raise VggtkError(f"{where}: label {value!r:.40} is not one of the listed classes")
+            return self.classes.index(value)
+        if self.first_index is not None:
+            raise VggtkError(f"{where}: label {value!r:.40} is a class name and {self.first_index} gives a class "
+                             "index; without \"classes\" a list uses names or indices, not both")
+        return self.names.setdefault(value, len(self.names))
+
+    def inferred(self, used: set[int], path: Path) -> list[str]:
+        """The classes of a list that lists none: its names, or its indices 0..max, each used by a label (a class
+        no entry has would be an output nothing trains, and a stray large index would make millions)."""
+        if self.names:
+            return sorted(self.names, key=self.names.get)
+        top = max(used, default=-1)
+        missing = next((i for i in range(top + 1) if i not in used), None) if top >= 0 else 0
+        if missing is not None:
+            raise VggtkError(f"{path}: no label is class index {missing}, and the list names no classes; number "
+                             "the classes from 0 without gaps, or list them (\"classes\" in a JSON list)")
+        return [str(i) for i in range(top + 1)]
+
+
+def _rows(path: Path) -> tuple[list, list[str] | None]:
+    """The entries of a CSV or JSON list, and its listed classes (None when it lists none)."""
+    try:
+        if path.suffix.lower() != ".json":
+            with open(path, newline="") as f:
+                return list(csv.DictReader(f)), None
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, csv.Error, RecursionError) as exc:
+        raise VggtkError(f"{path}: unreadable image list ({exc})") from None
+    if isinstance(data, list):
+        return data, None
+    if not isinstance(data, dict) or not isinstance(data.get("samples"), list):
+        raise VggtkError(f"{path}: a JSON image list is a list of entries or {{\"classes\": [...], \"samples\": "
+                         "[...]}")
+    classes = data.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+            raise VggtkError(f"{path}: \"classes\" must be a list of class names, not {classes!r:.40}")
+        twice = next((c for c, n in Counter(classes).items() if n > 1), None)
+        if twice is not None:
+            raise VggtkError(f"{path}: \"classes\" lists {twice!r:.40} twice")
+    return data["samples"], classes
+
+
+def _json_field(row: dict, name: str, where: str):
+    """A field of an entry that holds JSON in a CSV list (and JSON itself in a JSON list); None when empty."""
+    value = row.get(name)
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else None
+        except (ValueError, RecursionError) as exc:
+            raise VggtkError(f"{where}: {name} are not JSON ({exc})") from None
+    return value
+
+
+def _boxes(row: dict, where: str) -> list[list[float]] | None:
+    boxes = _json_field(row, "boxes", where)
+    if boxes is None:
+        return None
+    if not isinstance(boxes, list) or not all(isinstance(b, list) and len(b) == 4 for b in boxes):
+        raise VggtkError(f"{where}: boxes must be a list of [x1, y1, x2, y2]")
+    for i, box in enumerate(boxes):
+        for v in box:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise VggtkError(f"{where}: box {i} holds {v!r:.40}, not a number")
+    try:
+        return [[float(v) for v in box] for box in boxes]
+    except OverflowError:
+        raise VggtkError(f"{where}: a box coordinate is too large to be a number of pixels") from None
+
+
+def _box_labels(row: dict, boxes: list | None, labels: _Labels, where: str) -> list[int] | None:
+    box_labels = _json_field(row, "box_labels", where)
+    if box_labels is None:
+        return None
+    if not isinstance(box_labels, list) or len(box_labels) != len(boxes or []):
+        count = len(box_labels) if isinstance(box_labels, list) else "no list of"
+        raise VggtkError(f"{where}: {count} box labels for {len(boxes or [])} boxes; box_labels is a list with "
+                         "one label per box")
+    return [labels.read(v, where) for v in box_labels]
+
+
+def _image_path(row: dict, where: str) -> str:
+    value = row["path"]
+    if not isinstance(value, str) or "\x00" in value or not Path(value).name:
+        raise VggtkError(f"{where}: path {value!r:.60} is not a file name")
+    return value
 
 
 def image_list(path: str | Path) -> Source:
@@ -119,49 +224,28 @@ def image_list(path: str | Path) -> Source:
     ``[[x1, y1, x2, y2], ...]`` in pixels) or a JSON list of such objects, or ``{"classes": [...],
     "samples": [...]}``. Labels are class indices or names; image paths are relative to the list."""
     path = Path(path)
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
-            classes = data.get("classes") if isinstance(data, dict) else None
-            rows = data["samples"] if isinstance(data, dict) else data
-        else:
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            classes = None
-    except (OSError, ValueError, KeyError) as exc:
-        raise VggtkError(f"{path}: unreadable image list ({exc})") from None
-    names: dict[str, int] = {}
+    rows, classes = _rows(path)
+    labels = _Labels(classes)
     found = []
     for i, row in enumerate(rows):
         where = f"{path}:{i + 2 if path.suffix.lower() != '.json' else i}"
+        if not isinstance(row, dict):
+            raise VggtkError(f"{where}: an entry is an object with 'path' and 'label', not {row!r:.40}")
         if "path" not in row or "label" not in row:
             raise VggtkError(f"{where}: each entry needs 'path' and 'label'")
-        label = _parse_label(row["label"], classes, names, where)
-        boxes = row.get("boxes")
-        box_labels = row.get("box_labels")
-        try:
-            if isinstance(boxes, str):
-                boxes = json.loads(boxes) if boxes.strip() else None
-            if isinstance(box_labels, str):
-                box_labels = json.loads(box_labels) if box_labels.strip() else None
-        except ValueError as exc:
-            raise VggtkError(f"{where}: boxes are not JSON ({exc})") from None
-        if boxes is not None and (not isinstance(boxes, list) or any(len(b) != 4 for b in boxes)):
-            raise VggtkError(f"{where}: boxes must be a list of [x1, y1, x2, y2]")
-        if box_labels is not None:
-            box_labels = [_parse_label(v, classes, names, where) for v in box_labels]
+        image_path = _image_path(row, where)
+        label = labels.read(row["label"], where)
+        boxes = _boxes(row, where)
+        box_labels = _box_labels(row, boxes, labels, where)
         split = row.get("split") or None
         if split is not None and split not in SPLITS:
             raise VggtkError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-        image = (path.parent / row["path"]).resolve()
-        found.append((image, label, split, boxes, box_labels, str(Path(row["path"]).with_suffix(""))))
+        image = (path.parent / image_path).resolve()
+        found.append((image, label, split, boxes, box_labels, str(Path(image_path).with_suffix(""))))
     if not found:
         raise VggtkError(f"{path}: the list is empty")
     if classes is None:
-        if names:
-            classes = sorted(names, key=names.get)
-        else:
-            classes = [str(i) for i in range(max(f[1] for f in found) + 1)]
+        classes = labels.inferred({v for f in found for v in [f[1], *(f[4] or [])] if v >= 0}, path)
     keys = _unique_keys([f[5] for f in found])
     refs = [FileRef(k, str(p), label, split, tuple(map(tuple, boxes)) if boxes else None,
                     tuple(box_labels) if box_labels else None)
