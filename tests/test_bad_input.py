@@ -216,6 +216,7 @@ CASES = [
      "--splits"),
     ("create with a box outside its image", ["shards", "create", "{w}/boxes.csv", "{w}/o8", "--splits", "train=1"],
      "outside the 32x32 image"),
+    ("create with seed -1", ["shards", "create", "{w}/cut", "{w}/o18", "--seed", "-1"], "--seed: must be at least 0"),
     ("create with a bad error policy", ["shards", "create", "{w}/cut", "{w}/o9", "--on-error", "ignore"],
      "--on-error"),
     ("create from a list whose classes are one string", ["shards", "create", "{w}/catdog.json", "{w}/o10"],

@@ -77,3 +77,17 @@ def test_a_box_past_the_image_edge_is_clipped_to_it(trained, tmp_path):
 def test_only_checkpoints_and_no_image_says_so(trained):
     assert "name images or folders of images after the checkpoints" in input_error(
         vggtk("predict", trained[0] / "best"))
+
+
+def test_a_transparent_pixel_is_white_not_whatever_colour_it_holds(tmp_path):
+    import numpy as np
+
+    rgba = np.zeros((40, 50, 4), np.uint8)
+    rgba[..., 0] = 200  # red everywhere, opaque only in the middle
+    rgba[10:30, 10:40, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "logo.png")
+    Image.fromarray(rgba[..., [0, 3]].copy(), "LA").save(tmp_path / "grey.png")
+    image = vt.read_image(tmp_path / "logo.png", 3)
+    assert image[:, 0, 0].tolist() == [255, 255, 255] and image[:, 20, 20].tolist() == [200, 0, 0]
+    grey = vt.read_image(tmp_path / "grey.png")
+    assert grey.shape[0] == 1 and grey[0, 0, 0] == 255 and grey[0, 20, 20] == 200

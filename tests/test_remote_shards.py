@@ -257,3 +257,21 @@ def test_eval_under_skip_counts_a_changed_remote_shard(changed, trained, tmp_pat
     written = json.loads((tmp_path / "l.json").read_text())
     assert written["limit"] == 10 and written["results"][0]["images"] == 10 and written["skipped"]["total"] == 0
 
+
+
+def test_a_remote_failure_is_named_by_its_cause(served, tmp_path):
+    """A shard the server does not have is an HTTP error, not a corrupt tar; one cut short under --on-error
+    skip is counted as cut short, not as a checksum mismatch."""
+    url, root = served
+    manifest = Manifest.load(root / "tiny")
+    first, second = manifest.split("train")[:2]
+    (root / "tiny" / first.name).unlink()
+    failed = vggtk("train", "--data", f"{url}/tiny/manifest.json", "--run-dir", tmp_path / "run", "--epochs", 1,
+                   "--batch-size", 16)
+    message = input_error(failed)
+    assert first.name in message and "HTTP error" in message and "corrupt" not in message
+    _Handler.cut = {second.name}
+    loader = make_loader(f"{url}/tiny/manifest.json", "train", batch_size=8, augment="none", on_error="skip",
+                         drop_last=False)
+    list(loader)
+    assert loader.skipped.counts == {"missing shard": first.samples, "truncated shard": second.samples}

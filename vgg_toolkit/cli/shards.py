@@ -84,7 +84,7 @@ def create(
     if compress not in ("auto", "yes", "no"):
         raise VggtkError(f"--compress must be auto, yes or no, not {compress!r}")
     for flag, value, low in (("--samples-per-shard", samples_per_shard, 1), ("--bytes-per-shard", bytes_per_shard, 0),
-                             ("--workers", workers, 1)):
+                             ("--workers", workers, 1), ("--seed", seed, 0)):
         if value < low:
             raise VggtkError(f"{flag}: must be at least {low}, got {value}")
     fractions = parse_splits(splits)

@@ -290,9 +290,20 @@ def materialize(sample: dict) -> dict:
     return sample
 
 
+def on_white(img: Image.Image) -> Image.Image:
+    """An image with transparency composited on white: dropping the alpha channel would show whatever
+    colour its transparent pixels happen to hold."""
+    if img.mode not in ("RGBA", "LA", "PA", "P") or (img.mode == "P" and "transparency" not in img.info):
+        return img
+    rgba = img.convert("RGBA")
+    flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    flat.alpha_composite(rgba)
+    return flat.convert("L" if img.mode in ("LA",) else "RGB")
+
+
 def read_image(path, channels: int | None = None) -> torch.Tensor:
     """An image file as uint8 (C, H, W): upright by its EXIF orientation, 16-bit greyscale scaled to 8 bits,
-    1 or 3 channels (``channels`` forces one). A file that is not a readable image is a VggtkError
+    transparent pixels composited on white, 1 or 3 channels (``channels`` forces one). A file that is not a readable image is a VggtkError
     naming it."""
     from PIL import ImageOps
 
@@ -305,7 +316,7 @@ def read_image(path, channels: int | None = None) -> torch.Tensor:
         raise VggtkError(f"{path}: cannot read image ({exc.strerror})") from None
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = to_8bit(ImageOps.exif_transpose(img))
+            img = on_white(to_8bit(ImageOps.exif_transpose(img)))
             return _to_tensor(img.convert(_pil_mode(channels, img.mode)))
     except Exception as exc:  # PIL raises many types for a broken or hostile file
         raise VggtkError(f"{path}: {decode_failure(exc)}") from None

@@ -72,6 +72,20 @@ _CURL = {6: "host not found", 7: "could not connect", 18: "the transfer was cut 
 _EXIT = re.compile(r"exit (\d+) \(read\)")
 
 
+_CUT_SHORT = {18, 56}  # curl: the transfer was cut short, the connection dropped mid-way
+
+
+def is_exit_status(exc: BaseException) -> bool:
+    """Whether a reader's failure is a pipe's (curl's, a cloud CLI's) non-zero exit status."""
+    return _EXIT.search(str(exc)) is not None
+
+
+def failure_kind(exc: BaseException) -> str:
+    """How a failed fetch is counted: a file that arrived cut short, or one that could not be had."""
+    status = _EXIT.search(str(exc))
+    return "truncated shard" if status is not None and int(status.group(1)) in _CUT_SHORT else "missing shard"
+
+
 def explain(exc: BaseException, location: str) -> str:
     """A reader's failure in words: curl's and a pipe command's exit statuses say what went wrong."""
     text = str(exc).split(" @ ")[0]

@@ -29,7 +29,7 @@ from ...runtime.seeding import derived_seed as derive_seed
 from ..decode import LazyImage, stored_channels
 from ..errors import DataError, SkipLog, handle
 from .cache import CacheSink, cached_copy
-from .location import MANIFEST_NAME, explain, is_remote, local_path, open_stream
+from .location import MANIFEST_NAME, explain, failure_kind, is_exit_status, is_remote, local_path, open_stream
 from .manifest import Manifest, ShardInfo, sha256_file
 from .records import IMAGE_EXTS, box_problem
 
@@ -134,7 +134,10 @@ def iter_raw(path: str, skip_samples: int = 0, read: bool = True, expect: ShardR
     except DataError:
         raise
     except Exception as exc:  # tarfile, zlib, a pipe's exit status, the network: all name the shard here
-        raise DataError(f"truncated or corrupt tar ({explain(exc, path)})", shard=path, member=state["member"],
+        why = explain(exc, path)
+        if is_remote(path) and is_exit_status(exc):  # the fetch failed (a 404, a dropped link): not the tar
+            raise DataError(f"cannot read: {why}", shard=path, member=state["member"], kind=failure_kind(exc)) from None
+        raise DataError(f"truncated or corrupt tar ({why})", shard=path, member=state["member"],
                         kind="truncated shard") from None
     finally:
         try:
@@ -178,9 +181,12 @@ def fetch_checked(location: str, expect: ShardRef) -> BinaryIO:
                 size += len(chunk)
             source.close()  # a pipe (curl, a cloud CLI) reports its exit status here: a 404, a dropped link
         except (OSError, ValueError) as exc:
-            raise DataError(f"cannot fetch: {explain(exc, location)}", shard=location, kind="missing shard") from None
-        if expect.size is not None and size != expect.size:
-            raise DataError(f"shard is {size} bytes, the manifest says {expect.size}: it changed or was cut short",
+            raise DataError(f"cannot fetch: {explain(exc, location)}", shard=location, kind=failure_kind(exc)) from None
+        if expect.size is not None and size < expect.size:  # what arrived ended early: the cause, not a checksum
+            raise DataError(f"cut short: {size} of the manifest's {expect.size} bytes arrived", shard=location,
+                            kind="truncated shard")
+        if expect.size is not None and size > expect.size:
+            raise DataError(f"shard is {size} bytes, the manifest says {expect.size}: it changed",
                             shard=location, kind="checksum mismatch")
         if expect.sha256 and digest.hexdigest() != expect.sha256:
             raise DataError(f"sha256 {digest.hexdigest()[:12]}... does not match the manifest's "
