@@ -91,3 +91,14 @@ def test_a_transparent_pixel_is_white_not_whatever_colour_it_holds(tmp_path):
     assert image[:, 0, 0].tolist() == [255, 255, 255] and image[:, 20, 20].tolist() == [200, 0, 0]
     grey = vt.read_image(tmp_path / "grey.png")
     assert grey.shape[0] == 1 and grey[0, 0, 0] == 255 and grey[0, 20, 20] == 200
+
+
+def test_a_one_pixel_photo_reads_without_a_numpy_warning(tmp_path):
+    import warnings
+
+    import numpy as np
+
+    Image.fromarray(np.full((1, 1, 3), 7, np.uint8)).save(tmp_path / "dot.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the read-only view of a 1x1 image once reached torch as it was
+        assert vt.read_image(tmp_path / "dot.png", 3).flatten().tolist() == [7, 7, 7]

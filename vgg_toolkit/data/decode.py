@@ -61,7 +61,7 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
     arr = np.asarray(img)
     if arr.ndim == 2:
         return torch.from_numpy(arr.copy()).unsqueeze(0)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())  # a copy: a 1x1 image's view is already contiguous
 
 
 class Geometry:
