@@ -102,3 +102,29 @@ def test_a_one_pixel_photo_reads_without_a_numpy_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the read-only view of a 1x1 image once reached torch as it was
         assert vt.read_image(tmp_path / "dot.png", 3).flatten().tolist() == [7, 7, 7]
+
+
+def test_an_inverted_box_is_said_never_printed_or_drawn_as_a_box(trained, tmp_path):
+    classifier = vt.load_trained(trained[0] / "best", say=None)
+    info = vt.model_info(classifier)
+    net = vt.create_model("vgg-a", **{**info.options, "num_classes": 4})
+    with torch.no_grad():
+        net.classifier.fc8.weight.zero_()
+        net.classifier.fc8.bias.copy_(torch.tensor([0.5, 0.5, -0.5, 0.5]))  # a negative width: x2 < x1
+    vt.set_model_info(net, vt.model_info(net).trained_on(info.classes, info.train_scale, info.mean_rgb, head="scr"))
+    vt.save_weights(net, tmp_path / "scr.safetensors")
+    photos = _images(tmp_path / "in", ["a.png"])
+    result = vggtk("predict", trained[0] / "best", tmp_path / "scr.safetensors", photos, "--out", tmp_path / "p.json",
+                   "--draw", tmp_path / "drawn")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "p.json").read_text())["predictions"]
+    assert row["box"]["xyxy"] is None and "inverted or empty" in row["box"]["problem"]
+    assert "inverted or empty" in result.output
+    from vgg_toolkit.plugins.localisation.drawing import draw_box, is_box
+
+    assert not is_box(torch.tensor([10.0, 5.0, 4.0, 20.0])) and is_box(torch.tensor([1.0, 1.0, 2.0, 2.0]))
+    canvas = Image.new("RGB", (32, 32), "white")
+    from PIL import ImageDraw
+
+    assert draw_box(ImageDraw.Draw(canvas), torch.tensor([20.0, 5.0, 4.0, 20.0]), (255, 0, 0)) is False
+    assert (tmp_path / "drawn" / "a.png.png").is_file()

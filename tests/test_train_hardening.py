@@ -94,3 +94,25 @@ def test_running_a_finished_run_again_says_so_and_logs_nothing(trained, shards, 
     result = vggtk("train", "--data", shards, "--run-dir", run, *SAME)
     assert result.exit_code == 0, result.output
     assert [r["step"] for r in records(run) if r["event"] == "test"] == [18]
+
+
+def test_a_net_started_from_a_checkpoint_takes_its_shape_unless_told(trained, shards):
+    """train --head pcr --init-from a quarter-width classifier failed on FC shapes unless --width and
+    --fc-dim were repeated: the options come from the net it starts from, the configuration's win."""
+    from vgg_toolkit.data.facts import data_facts
+    from vgg_toolkit.data.shards.manifest import Manifest
+    from vgg_toolkit.train.config import parse_config
+    from vgg_toolkit.train.plan import plan_run
+
+    best = trained[0] / "best"
+    facts = data_facts(Manifest.load(shards))
+    plan = plan_run(parse_config({"init_from": str(best), "head": "pcr", "model": {"dropout": 0.3}}), facts)
+    assert plan.model_options["width"] == 0.25 and plan.model_options["fc_dim"] == 256
+    assert plan.model_options["dropout"] == 0.3 and plan.num_outputs == 4 * facts.num_classes
+    told = plan_run(parse_config({"init_from": str(best), "model": {"fc_dim": 128}}), facts)
+    assert told.model_options["fc_dim"] == 128 and told.model_options["width"] == 0.25
+
+
+def test_the_head_option_names_the_registered_heads():
+    result = vggtk("train", "--help")
+    assert "Task head: classification, " in " ".join(result.output.split()) and "pcr" in result.output

@@ -28,11 +28,24 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).contiguous().numpy()).convert("RGB")
 
 
-def draw_box(canvas: ImageDraw.ImageDraw, box, colour, label: str = "", width: int = 2) -> None:
+def is_box(box) -> bool:
+    """Whether (x1, y1, x2, y2) encloses anything: an inverted or empty box is a regressor's failure, never
+    drawn or printed as if it were a box."""
     x1, y1, x2, y2 = (float(v) for v in box)
-    canvas.rectangle([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], outline=colour, width=width)
-    if label:
-        canvas.text((max(0.0, x1) + 2, max(0.0, y1) + 2), vt.one_line(label), fill=colour)
+    return x2 > x1 and y2 > y1
+
+
+def draw_box(canvas: ImageDraw.ImageDraw, box, colour, label: str = "", width: int = 2) -> bool:
+    """Draw ``box`` with its label; an inverted or empty one is not drawn (False), its label says so."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    drawn = is_box(box)
+    if drawn:
+        canvas.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+    if label or not drawn:
+        text = (label + " " if label else "") + ("" if drawn else "(inverted or empty box, not drawn)")
+        canvas.text((max(0.0, x1 if drawn else 0.0) + 2, max(0.0, y1 if drawn else 0.0) + 2), vt.one_line(text),
+                    fill=colour)
+    return drawn
 
 
 def box_grid(samples: list, methods: list[tuple[str, list]], classes: list[str], target: Path) -> None:
@@ -51,8 +64,10 @@ def box_grid(samples: list, methods: list[tuple[str, list]], classes: list[str],
         for k, (_, boxes) in enumerate(methods):
             if i < len(boxes):
                 colour = METHOD_COLOURS[k % len(METHOD_COLOURS)]
-                draw_box(canvas, boxes[i] * scale, colour)
-                marks.append(("ok" if localised(boxes[i], gt, gt_labels, label) else "x", colour))
+                if is_box(boxes[i]):
+                    draw_box(canvas, boxes[i] * scale, colour)
+                marks.append(("ok" if localised(boxes[i], gt, gt_labels, label) else
+                              "x" if is_box(boxes[i]) else "inv", colour))
         caption = Image.new("RGB", (picture.width, LINE + 4), "white")
         writer = ImageDraw.Draw(caption)
         writer.text((2, 2), vt.one_line(classes[label] if label < len(classes) else str(label)), fill=(0, 0, 0))

@@ -17,7 +17,7 @@ from rich.table import Table
 
 import vgg_toolkit as vt
 
-from .drawing import DRAWING, draw_box, to_pil
+from .drawing import DRAWING, draw_box, is_box, to_pil
 from .evaluate import HEADS
 
 PREDICTIONS = "predictions"
@@ -164,7 +164,11 @@ def _predict_one(path: Path, image: torch.Tensor, classifiers, boxers, evaluator
         box = torch.stack(boxes).mean(0)
         # a box is of the image: clipped to it (the regressor may reach past an edge), never -0
         box = box.clamp(min=0).minimum(box.new_tensor([w, h, w, h])) + 0.0
-        row["box"] = {"class": row["top5"][0]["class"], "xyxy": [round(float(v), 2) for v in box]}
+        if is_box(box):
+            row["box"] = {"class": row["top5"][0]["class"], "xyxy": [round(float(v), 2) for v in box]}
+        else:  # said, never printed or drawn as a box
+            row["box"] = {"class": row["top5"][0]["class"], "xyxy": None,
+                          "problem": "the nets' box is inverted or empty within the image"}
     return row
 
 
@@ -174,7 +178,7 @@ def _print(console: Console, rows: list[dict]) -> None:
         table.add_column(col, no_wrap=True)
     for row in rows:
         top5 = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top5"])
-        box = ", ".join(f"{v:.2f}" for v in row["box"]["xyxy"]) if "box" in row else "-"
+        box = "-" if "box" not in row else row["box"].get("problem") or ", ".join(f"{v:.2f}" for v in row["box"]["xyxy"])
         table.add_row(vt.plain(row["image"]), vt.plain(top5), box)
     vt.print_table(console, table)
 
@@ -185,7 +189,7 @@ def _write(out: Path, rows: list[dict]) -> None:
         writer = csv.writer(text)
         writer.writerow(["image", "rank", "class", "probability", "x1", "y1", "x2", "y2"])
         for row in rows:
-            box = row.get("box", {}).get("xyxy", [""] * 4)
+            box = row.get("box", {}).get("xyxy") or [""] * 4
             for rank, top in enumerate(row["top5"], 1):
                 writer.writerow([row["image"], rank, top["class"], top["probability"], *(box if rank == 1 else [""] * 4)])
         vt.write_text(out, CSV_MARK + text.getvalue())
@@ -197,8 +201,10 @@ def _draw(path: Path, row: dict, target: Path) -> None:
     image = to_pil(vt.read_image(path, 3))
     canvas = ImageDraw.Draw(image)
     label = f"{row['top5'][0]['label']} {row['top5'][0]['probability']:.2f}"
-    if "box" in row:
+    if row.get("box", {}).get("xyxy"):
         draw_box(canvas, row["box"]["xyxy"], (255, 0, 0), label, width=max(1, min(image.size) // 100))
+    elif "box" in row:
+        canvas.text((2, 2), vt.one_line(f"{label} ({row['box']['problem']})"), fill=(255, 0, 0))
     else:
         canvas.text((2, 2), vt.one_line(label), fill=(255, 0, 0))
     vt.save_png(image, target, DRAWING)

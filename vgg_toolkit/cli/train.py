@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 
+from ..host.manager import get_host
 from ..train.config import TrainConfig, load_config
 from .options import option_parameter, with_plugin_options
 
@@ -27,6 +28,8 @@ def _field_parameters() -> list[inspect.Parameter]:
             continue
         kind = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)), hints[f.name])
         help = f.metadata["help"]
+        if f.name == "head":  # the heads plugins registered, by name
+            help = f"Task head: {', '.join(e.name for e in get_host().registry('heads'))}."
         if f.default is not None and "default" not in help:
             help += f" [default: {f.default}]"
         if f.name == "scale":

@@ -80,7 +80,7 @@ def plan_run(config: TrainConfig, facts: DataFacts) -> RunPlan:
     recipe = entry.info.get("defaults")
     defaults = dict(recipe(facts)) if callable(recipe) else {}
     options = check_options(entry.name, {"in_chans": facts.channels, "input_size": facts.crop, **defaults,
-                                         **config.model}, where="model.")
+                                         **_started_from(config, entry.name), **config.model}, where="model.")
     crop = int(options["input_size"])
     if config.scale is not None:
         scale = config.scale
@@ -112,6 +112,15 @@ def _preprocessing(config: TrainConfig, facts: DataFacts) -> Preprocessing:
     if source is not None and source.preprocessing is not None and source.preprocessing.family != "vggtk":
         return source.preprocessing
     return Preprocessing.vggtk(facts.mean_rgb)
+
+
+def _started_from(config: TrainConfig, arch: str) -> dict:
+    """The options a net started from a trained one of the same architecture takes from it (its width, FC
+    size, input size...), as the weights it copies have those shapes; what the configuration gives wins."""
+    source = _source_info(config.init_from) if config.init_from else None
+    if source is None or architecture(source.arch).name != arch:
+        return {}
+    return {k: v for k, v in source.options.items() if k not in ("num_classes", "in_chans", "init")}
 
 
 def _source_info(init_from: str) -> ModelInfo | None:
