@@ -18,5 +18,5 @@ def test_forward_passes_are_float32_on_cpu_unless_asked():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_asking_for_cuda_without_it_is_a_clear_error():
     assert pick_device("auto") == torch.device("cpu")
-    with pytest.raises(VggtkError, match="device 'cuda:1' requested but CUDA is not available"):
+    with pytest.raises(VggtkError, match="--device cuda:1: CUDA is not available on this machine"):
         pick_device("cuda:1")

@@ -64,6 +64,44 @@ def merge(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
     return boxes[int(support.argmax())].float()
 
 
+def match_score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """OverFeat's match score of boxes (n, 4) against boxes (m, 4), lower for boxes more alike: the distance
+    between their centres, in units of their mean side, plus how little they overlap (1 - IoU). OverFeat
+    sums "the distance between centres" and "the intersection area" without stating units; these keep
+    the two terms comparable at any image size, and overlap lowers the score as it should."""
+    ca, cb = (a[:, :2] + a[:, 2:]) / 2, (b[:, :2] + b[:, 2:]) / 2
+    side_a, side_b = (a[:, 2:] - a[:, :2]).mean(1), (b[:, 2:] - b[:, :2]).mean(1)
+    distance = torch.cdist(ca, cb) / ((side_a[:, None] + side_b[None]) / 2).clamp_min(1e-6)
+    return distance + 1 - vt.iou(a[:, None], b[None])
+
+
+def overfeat_merge(boxes: torch.Tensor, ratings: torch.Tensor, threshold: float) -> tuple[torch.Tensor, float]:
+    """OverFeat's greedy merge as the paper applies it: while the two most alike boxes score below
+    ``threshold``, replace them by the mean of their coordinates, its rating the sum of theirs; the answer
+    is the box with the highest rating (a window's rating: the classification net's score for the class
+    there). Returns (box, rating)."""
+    boxes, ratings = boxes.double().clone(), ratings.double().clone()
+    alive = torch.ones(len(boxes), dtype=torch.bool)
+    scores = match_score(boxes, boxes)
+    scores.fill_diagonal_(float("inf"))
+    while alive.sum() > 1:
+        masked = scores.masked_fill(~(alive[:, None] & alive[None]), float("inf"))
+        best = int(masked.argmin())
+        i, j = divmod(best, len(boxes))
+        if masked[i, j] >= threshold:
+            break
+        i, j = min(i, j), max(i, j)
+        boxes[i] = (boxes[i] + boxes[j]) / 2
+        ratings[i] += ratings[j]
+        alive[j] = False
+        row = match_score(boxes[i][None], boxes)[0]
+        scores[i], scores[:, i] = row, row
+        scores[i, i] = float("inf")
+    ratings[~alive] = -float("inf")
+    k = int(ratings.argmax())
+    return boxes[k].float(), float(ratings[k])
+
+
 def candidates(loc_models, heads, image: torch.Tensor, scales_of, classes: list[int]) -> dict[int, torch.Tensor]:
     """For each class in ``classes``, every box the localisation nets give it on ``image``, over their
     scales (the one box of an SCR net stands for every class)."""
