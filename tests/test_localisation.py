@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import vgg_toolkit as vt
-from cli_runner import vggtk
+from cli_runner import input_error, vggtk
 from vgg_toolkit.data.pipeline import Pipeline
 from vgg_toolkit.data.shards.manifest import Manifest
 from vgg_toolkit.data.shards.reader import iter_raw, parse_sample
@@ -268,7 +268,7 @@ def test_a_dense_box_is_the_linear_heads_box_of_its_window_in_image_pixels(host)
     torch.manual_seed(0)
     model = vt.create_model("vgg-a", num_classes=4 * 3, width=1 / 16, fc_dim=16, input_size=32, init="kaiming").eval()
     image = torch.randn(1, 3, 64, 96)
-    boxes = box_map(model, image, 64)  # the image is at Q already: 2 x 3 windows of 32, stride 32
+    boxes, grid = box_map(model, image, 64)  # the image is at Q already: 2 x 3 windows of 32, stride 32
     assert boxes.shape == (6, 3, 4)
     with torch.no_grad():
         features = model.features(image)  # the conv trunk on the whole image: a 2 x 3 map
@@ -297,9 +297,15 @@ def test_protocol_two_picks_its_merge_threshold_on_val_and_takes_a_given_one(cla
     rows = json.loads((tmp_path / "picked.json").read_text())["results"]
     assert [r["method"].split(", ")[-1] for r in rows] == ["top-1", "top-5"] and "picked on val" in rows[0]["method"]
     assert rows[1]["loc_err_pct"] <= rows[0]["loc_err_pct"] and rows[0]["images"] == 8
-    given = vggtk(*args, "--merge-iou", 0.55, "--out", tmp_path / "given.json")
-    assert given.exit_code == 0 and "IoU >= 0.55 (given)" in json.loads((tmp_path / "given.json").read_text())[
-        "results"][0]["method"]
+    assert "OverFeat's merge" in rows[0]["method"]  # the paper's rule by default
+    given = vggtk(*args, "--merge-iou", 0.55, "--out", tmp_path / "given.json")  # the earlier rule's threshold
+    assert given.exit_code == 0 and "most support, merged at IoU >= 0.55 (given)" in json.loads(
+        (tmp_path / "given.json").read_text())["results"][0]["method"]
+    scored = vggtk(*args, "--merge-score", 0.8, "--out", tmp_path / "scored.json")
+    assert scored.exit_code == 0 and "below a match score of 0.8 (given)" in json.loads(
+        (tmp_path / "scored.json").read_text())["results"][0]["method"]
+    assert "--merge-iou is a threshold of the other merge" in input_error(
+        vggtk(*args, "--merge", "overfeat", "--merge-iou", 0.5, "--out", tmp_path / "x.json"))
     missing = vggtk("eval", scr_net, "--data", SHARDS, "--task", "localisation", "--methods", "dense",
                     "--out", tmp_path / "m.json")
     assert missing.exit_code == 2 and "--classifier" in missing.stderr
@@ -489,3 +495,81 @@ def test_a_briefly_trained_head_beats_the_centre_box_by_a_stated_margin(tmp_path
     head = test["errors_pct"]["centre crop, one box"]
     baseline = next(v for k, v in test["errors_pct"].items() if k.startswith("centre box"))
     assert head <= baseline - MARGIN, (head, baseline)
+
+
+def test_overfeats_merge_answers_with_the_best_rated_box_not_the_best_supported():
+    """A hand-worked example: three windows agree on a box the classifier barely believes in (0.1 each),
+    one window elsewhere gives a box it believes in (0.9). The earlier rule answers the cluster of three;
+    OverFeat's, rating merged boxes by the summed class scores of their windows, answers the lone box."""
+    from vgg_toolkit.plugins.localisation.dense import match_score, merge, overfeat_merge
+
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 0, 11, 10], [0, 1, 10, 11], [50, 50, 60, 60]])
+    ratings = torch.tensor([0.1, 0.1, 0.1, 0.9])
+    box, rating = overfeat_merge(boxes, ratings, threshold=0.5)
+    assert box.tolist() == [50, 50, 60, 60] and rating == pytest.approx(0.9)
+    assert merge(boxes, 0.5).tolist() == pytest.approx([1 / 3, 1 / 3, 31 / 3, 31 / 3])
+    # the three merge (centres 0.1 side apart, IoU 0.82: score 0.28 < 0.5), the far one stays alone
+    scores = match_score(boxes, boxes)
+    assert scores[0, 1] == pytest.approx(0.1 + 1 - 90 / 110, abs=1e-4) and scores[0, 3] > 5
+    # with the cluster believed in, it answers: three windows of 0.4 outweigh one of 0.9
+    box, rating = overfeat_merge(boxes, torch.tensor([0.4, 0.4, 0.4, 0.9]), threshold=0.5)
+    assert box[2] < 20 and rating == pytest.approx(1.2)
+    # a threshold below every score merges nothing: the single best-rated window answers
+    assert overfeat_merge(boxes, torch.tensor([0.2, 0.5, 0.3, 0.1]), 0.01)[0].tolist() == [1, 0, 11, 10]
+
+
+def test_the_paper_pair_of_scales_for_protocol_two(host):
+    """--multi-scale gives protocol 2 the paper's Table 9 pair {S-32, S} for a fixed S; --wide-scales adds S+32;
+    --scales is taken as given, by protocol 1 (its first) and 2 (all) together."""
+    from vgg_toolkit.plugins.localisation.evaluate import _single_scale, loc_scales
+
+    manifest = vt.Manifest.load(SHARDS)
+    model = vt.create_model("vgg-a", num_classes=4, width=1 / 16, fc_dim=16, input_size=64)
+    vt.set_model_info(model, vt.model_info(model).trained_on(None, vt.TrainScale(96, 96), None, head="scr"))
+
+    def request(options, plugin_options=None):
+        return vt.EvalRequest([model], ["m"], manifest, "test", None, options, plugin_options=plugin_options or {})
+
+    assert loc_scales(request({"multi_scale": True}), model) == (64, 96)
+    assert loc_scales(request({"multi_scale": True}, {"wide_scales": True}), model) == (64, 96, 128)
+    assert loc_scales(request({}), model) == (96,)
+    assert loc_scales(request({"scales": (96, 128)}), model) == (96, 128)
+    assert _single_scale(request({"scales": (128, 96)}), model) == 128
+
+
+def test_protocol_two_runs_the_classifier_once_per_image_and_scale_for_every_head(host, tmp_path):
+    from vgg_toolkit.plugins.localisation.evaluate import protocol_dense
+
+    class Plugin:
+        @vt.hookimpl
+        def vggtk_register_architectures(self, register):
+            register("ranking", Ranking)
+            register("boxes", Boxes)
+
+    host.register(Plugin(), "hand-built")
+    manifest = vt.Manifest.load(SHARDS)
+
+    def built(arch, head):
+        model = vt.create_model(arch, num_classes=7 * (4 if head == "pcr" else 1), input_size=64)
+        info = vt.model_info(model).trained_on(manifest.classes, vt.TrainScale(96, 96), manifest.stats.mean_rgb_255,
+                                               head=head)
+        return vt.set_model_info(model, info)
+
+    vt.save_weights(built("ranking", "classification"), tmp_path / "ranking.safetensors")
+    calls = []
+    original = Ranking.forward
+    Ranking.forward = lambda self, x: calls.append(1) or original(self, x)
+    try:
+        results = []
+        for nets in ([built("boxes", "pcr")], [built("boxes", "pcr"), built("boxes", "pcr")]):
+            calls.clear()
+            request = vt.EvalRequest(nets, [f"b{i}" for i in range(len(nets))], manifest, "test", None,
+                                     {"scales": [96, 128]}, limit=6,
+                                     plugin_options={"classifier": tmp_path / "ranking.safetensors",
+                                                     "merge_score": 0.5})
+            results.append((len(calls), [(r.images, r.wrong) for r in protocol_dense(request)]))
+    finally:
+        Ranking.forward = original
+    (one_head, rows1), (two_heads, rows2) = results
+    assert one_head == two_heads  # shared: the second head adds no classifier pass
+    assert rows1 == rows2  # two identical heads pool identical boxes: the same answers

@@ -11,7 +11,7 @@ from .heads import RegressionHead
 from .predict import predict_command
 
 
-EVAL_ONLY = ("classifier", "merge_iou", "boxes_png")
+EVAL_ONLY = ("classifier", "merge", "merge_score", "merge_iou", "wide_scales", "boxes_png")
 
 
 @hookimpl
@@ -32,8 +32,16 @@ def vggtk_register_tasks(register):
 def vggtk_register_options(register):
     register(OptionSpec("classifier", str, None, "Localisation protocol 2: the classification checkpoint whose "
                         "top-5 classes the boxes are for.", commands=("eval",)))
-    register(OptionSpec("merge_iou", float, None, "Localisation protocol 2: the IoU at which boxes merge "
-                        "[default: picked on the val split].", commands=("eval",), bounds=(0.0, 1.0)))
+    register(OptionSpec("merge", str, "overfeat", "Localisation protocol 2's merge: overfeat (the best-rated "
+                        "merged box, rated by the classifier's window scores) | support (the most-supported "
+                        "cluster, the earlier rule).", commands=("eval",), choices=("overfeat", "support")))
+    register(OptionSpec("merge_score", float, None, "Localisation protocol 2, --merge overfeat: the match score "
+                        "(centre distance in mean sides + 1 - IoU) below which boxes merge [default: picked on "
+                        "the val split].", commands=("eval",), bounds=(0.0, 100.0)))
+    register(OptionSpec("merge_iou", float, None, "Localisation protocol 2, --merge support: the IoU at which "
+                        "boxes merge [default: picked on the val split].", commands=("eval",), bounds=(0.0, 1.0)))
+    register(OptionSpec("wide_scales", bool, False, "Localisation protocol 2 with --multi-scale: {S-32, S, S+32} "
+                        "instead of the paper's {S-32, S}.", commands=("eval",)))
     register(OptionSpec("boxes_png", str, None, "Localisation: draw the first 16 images with their true and "
                         "predicted boxes (one colour per method) into this PNG.", commands=("eval",)))
 

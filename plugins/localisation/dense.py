@@ -17,9 +17,10 @@ from einops import rearrange
 import vgg_toolkit as vt
 
 
-def box_map(model, image: torch.Tensor, q: int) -> torch.Tensor:
+def box_map(model, image: torch.Tensor, q: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Boxes (locations, outputs/4, 4) in pixels of the image ``image`` (1, C, H, W), from the dense
-    net at scale ``q``: one per location of its output map (and per class for PCR)."""
+    net at scale ``q``: one per location of its output map (and per class for PCR), row by row; and the
+    map's (rows, cols)."""
     info = vt.model_info(model)
     crop, stride = info.input_size, model.output_stride
     height, width = image.shape[-2:]
@@ -37,7 +38,17 @@ def box_map(model, image: torch.Tensor, q: int) -> torch.Tensor:
     shift = torch.stack([offset_x.expand(rows, cols, 1), offset_y.expand(rows, cols, 1)] * 2, -1)
     boxes = boxes + shift
     scale = boxes.new_tensor([w / width, h / height, w / width, h / height])
-    return rearrange(boxes / scale, "rows cols k xyxy -> (rows cols) k xyxy")
+    return rearrange(boxes / scale, "rows cols k xyxy -> (rows cols) k xyxy"), (rows, cols)
+
+
+def class_map(classifier, image: torch.Tensor, q: int) -> torch.Tensor:
+    """The classification net's posteriors (classes, rows, cols) at every window of the dense net at scale
+    ``q``, on the image rescaled and trimmed as ``box_map`` does: each window's class scores, which rate
+    the boxes of the windows they share."""
+    crop = vt.model_info(classifier).input_size
+    x = vt.dense_input(classifier, vt.rescale(image, max(q, crop), crop))
+    with torch.no_grad(), vt.model_form(classifier, fully_conv=True):
+        return classifier(x).float().softmax(dim=1)[0].cpu()
 
 
 def merge(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -102,13 +113,17 @@ def overfeat_merge(boxes: torch.Tensor, ratings: torch.Tensor, threshold: float)
     return boxes[k].float(), float(ratings[k])
 
 
-def candidates(loc_models, heads, image: torch.Tensor, scales_of, classes: list[int]) -> dict[int, torch.Tensor]:
-    """For each class in ``classes``, every box the localisation nets give it on ``image``, over their
-    scales (the one box of an SCR net stands for every class)."""
-    found = {c: [] for c in classes}
-    for model, head in zip(loc_models, heads):
+def candidates(loc_models, heads, images, scales_of, classes: list[int], rate=None) -> dict[int, tuple]:
+    """For each class in ``classes``, every box the localisation nets give it, over their scales (the one
+    box of an SCR net stands for every class), and each box's rating: ``rate(q, (rows, cols))``, the
+    classification net's posteriors (classes, rows, cols) at the windows of scale ``q``, else 1 per box.
+    ``images[i]`` is the image as localisation net i takes it."""
+    found = {c: ([], []) for c in classes}
+    for model, head, image in zip(loc_models, heads, images):
         for q in scales_of(model):
-            boxes = box_map(model, image, q)
+            boxes, grid = box_map(model, image, q)
+            scores = rate(q, grid).flatten(1) if rate is not None else None
             for c in classes:
-                found[c].append(boxes[:, c] if head == "pcr" else boxes[:, 0])
-    return {c: torch.cat(found[c]) for c in classes}
+                found[c][0].append(boxes[:, c] if head == "pcr" else boxes[:, 0])
+                found[c][1].append(scores[c] if scores is not None else torch.ones(len(boxes)))
+    return {c: (torch.cat(b), torch.cat(r)) for c, (b, r) in found.items()}

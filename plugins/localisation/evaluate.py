@@ -4,9 +4,12 @@
   (PCR) or the one box (SCR) is mapped back to the image. Several checkpoints: their boxes' corners
   are averaged.
 - ``dense`` (protocol 2): the localisation nets applied densely at their test scales, the boxes of each of
-  the image's top-5 classes (from the ``--classifier`` checkpoint's dense protocol) merged greedily
-  (``dense.merge``), the merge threshold picked on the validation split; several localisation
-  checkpoints pool their boxes before the merge. Top-1 and top-5 localisation error.
+  the image's top-5 classes (from the ``--classifier`` checkpoint's dense protocol at the same scales)
+  merged by OverFeat's greedy rule, each window's box rated by the classifier's score for the class at
+  that window, the best-rated merged box answering (``dense.overfeat_merge``; ``--merge support`` keeps
+  the earlier most-supported rule, ``dense.merge``); the threshold picked on the validation split; the
+  classifier runs once per image and scale, shared by every head; several localisation checkpoints pool
+  their boxes before the merge. Top-1 and top-5 localisation error.
 - ``center-box`` (baseline): a box of the training split's mean relative size, centred in the image.
 - ``gradcam-box`` (baseline, needs ``--classifier``): the classification net's own evidence for the true
   class: Grad-CAM (Selvaraju et al. 2017) on the centre view at the deepest conv block whose map is at
@@ -27,7 +30,7 @@ from rich.table import Table
 
 import vgg_toolkit as vt
 
-from .dense import candidates, merge
+from .dense import candidates, class_map, merge, overfeat_merge
 from .drawing import BOX_GRID, box_grid
 from .scoring import localised
 
@@ -69,10 +72,9 @@ def _check_heads(models, names) -> list:
 
 
 def _single_scale(request: vt.EvalRequest, model) -> int:
+    """Protocol 1's one test scale: the first of ``--scales`` (which protocol 2 uses whole), else Q."""
     scales = request.options.get("scales")
-    if scales is not None and len(scales) != 1:
-        raise vt.VggtkError(f"--scales: the centre protocol takes one test scale, got {len(scales)}")
-    return vt.test_scales_for(model, scales)[0]
+    return vt.test_scales_for(model, scales[:1] if scales else None)[0]
 
 
 def protocol_center(request: vt.EvalRequest) -> LocResult:
@@ -108,12 +110,26 @@ def protocol_center(request: vt.EvalRequest) -> LocResult:
                      ",".join(map(str, sorted(set(scales)))), seen, wrong, seconds, kept)
 
 
-def _dense_guesses(request: vt.EvalRequest, split: str, classifier, heads) -> list:
-    """Per image: (label, true boxes, true box labels, top-5 classes, their candidate boxes)."""
+def loc_scales(request: vt.EvalRequest, model) -> tuple[int, ...]:
+    """The test scales of protocol 2 (and of its classification net): ``--scales``; else the single Q;
+    with ``--multi-scale`` the paper's Table 9 pair {S-32, S} for a fixed S (``--wide-scales`` adds S+32)."""
     multi = request.options.get("multi_scale", False)
-    scales_of = lambda model: vt.test_scales_for(model, request.options.get("scales"), multi=multi)  # noqa: E731
+    scales = vt.test_scales_for(model, request.options.get("scales"), multi=multi)
+    info = vt.model_info(model)
+    fixed = info.train_scale is None or not info.train_scale.jittered
+    if multi and request.options.get("scales") is None and fixed and not request.plugin_options.get("wide_scales"):
+        scales = scales[:2]
+    return scales
+
+
+def _dense_guesses(request: vt.EvalRequest, split: str, classifier, heads) -> list:
+    """Per image: (label, true boxes, true box labels, top-5 classes, their candidate boxes and ratings).
+    The classification net runs once per image and scale, its results shared by every localisation net:
+    its dense posteriors over the scales give the top 5, its posteriors per window rate the boxes."""
     preps = {id(m): vt.input_preprocessing(m, request.manifest) for m in [*request.models, classifier]}
-    classify = vt.get_evaluator("dense")
+    scales = sorted({q for m in request.models for q in loc_scales(request, m)})
+    classify = vt.get_evaluator("dense", scales=scales)
+    device = next(classifier.parameters()).device
     out = []
     for batch in vt.read_split(request.manifest, split, batch_size=1, workers=request.workers,
                                on_error=request.on_error, limit=request.limit if split == request.split else None,
@@ -121,23 +137,40 @@ def _dense_guesses(request: vt.EvalRequest, split: str, classifier, heads) -> li
         def seen_by(model):
             return preps[id(model)].apply(batch.images.to(next(model.parameters()).device))
 
-        with vt.mixed_precision(next(classifier.parameters()).device):
-            top5 = classify(classifier, seen_by(classifier))[0].topk(min(5, request.manifest.num_classes)).indices
+        image = seen_by(classifier)
+        with vt.mixed_precision(device):
+            top5 = classify(classifier, image)[0].topk(min(5, request.manifest.num_classes)).indices
+            maps = {q: class_map(classifier, image, q) for q in scales}
         classes = top5.tolist()
-        found = {}
-        for model, head in zip(request.models, heads):
-            for c, boxes in candidates([model], [head], seen_by(model), scales_of, classes).items():
-                found.setdefault(c, []).append(boxes)
-        out.append((int(batch.labels[0]), batch.boxes[0], batch.box_labels[0], classes,
-                    {c: torch.cat(b) for c, b in found.items()}))
+
+        def rate(q, grid):  # the classifier's windows are the localisation net's when both share a geometry
+            found = maps[q]
+            if tuple(found.shape[-2:]) != tuple(grid):
+                found = torch.nn.functional.interpolate(found[None], size=grid, mode="nearest")[0]
+            return found
+
+        found = candidates(request.models, heads, [seen_by(m) for m in request.models],
+                           lambda model: loc_scales(request, model), classes, rate)
+        out.append((int(batch.labels[0]), batch.boxes[0], batch.box_labels[0], classes, found))
     return out
 
 
-def _dense_errors(guesses, threshold: float) -> tuple[int, int]:
+MERGES = ("overfeat", "support")
+MATCH_THRESHOLDS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # OverFeat's match score: centre distance + (1 - IoU)
+
+
+def answer(found: tuple, rule: str, threshold: float) -> torch.Tensor:
+    """The box a class's candidates merge to: OverFeat's (the best-rated merged box) or today's (the
+    best-supported cluster)."""
+    boxes, ratings = found
+    return overfeat_merge(boxes, ratings, threshold)[0] if rule == "overfeat" else merge(boxes, threshold)
+
+
+def _dense_errors(guesses, rule: str, threshold: float) -> tuple[int, int]:
     """(top-1 wrong, top-5 wrong) over the images, merging at ``threshold``."""
     wrong1 = wrong5 = 0
     for label, gt, gt_labels, classes, found in guesses:
-        right = [c == label and localised(merge(found[c], threshold), gt, gt_labels, label) for c in classes]
+        right = [c == label and localised(answer(found[c], rule, threshold), gt, gt_labels, label) for c in classes]
         wrong1 += not right[0]
         wrong5 += not any(right)
     return wrong1, wrong5
@@ -154,24 +187,33 @@ def protocol_dense(request: vt.EvalRequest) -> list[LocResult]:
     if vt.model_info(classifier).head != "classification":
         raise vt.VggtkError(f"--classifier {path}: a {vt.model_info(classifier).head} net, not a classifier")
     vt.check_fits_data([classifier], request.manifest, [str(path)])
-    threshold = request.plugin_options.get("merge_iou")
-    picked = "given"
+    options = request.plugin_options
+    rule = options.get("merge") or ("support" if options.get("merge_iou") is not None else "overfeat")
+    if rule not in MERGES:
+        raise vt.VggtkError(f"--merge {rule!r}: one of {', '.join(MERGES)}")
+    other = "merge_iou" if rule == "overfeat" else "merge_score"
+    if options.get(other) is not None:
+        raise vt.VggtkError(f"--{other.replace('_', '-')} is a threshold of the other merge than --merge {rule}")
+    given = options.get("merge_score" if rule == "overfeat" else "merge_iou")
+    grid = MATCH_THRESHOLDS if rule == "overfeat" else THRESHOLDS
+    threshold, picked = given, "given"
     if threshold is None:  # picked on the validation split, never on the one reported
         if "val" not in request.manifest.splits:
             raise vt.VggtkError(f"{request.manifest.path}: no val split to pick the merge threshold on; give "
-                                "--merge-iou")
+                                f"{'--merge-score' if rule == 'overfeat' else '--merge-iou'}")
         val = _dense_guesses(request, "val", classifier, heads)
-        threshold = min(THRESHOLDS, key=lambda t: (_dense_errors(val, t)[1], t))
-        picked = "picked on val"
+        pick = (lambda t: (_dense_errors(val, rule, t)[1], t)) if rule == "support" else \
+            (lambda t: (_dense_errors(val, rule, t)[1], -t))  # ties: the larger score merges more
+        threshold, picked = min(grid, key=pick), "picked on val"
     start = time.perf_counter()
     guesses = _dense_guesses(request, request.split, classifier, heads)
-    wrong1, wrong5 = _dense_errors(guesses, threshold)
+    wrong1, wrong5 = _dense_errors(guesses, rule, threshold)
     seconds = time.perf_counter() - start
-    top1_boxes = [merge(found[classes[0]], threshold) for _, _, _, classes, found in guesses[:SAMPLES]]
+    top1_boxes = [answer(found[classes[0]], rule, threshold) for _, _, _, classes, found in guesses[:SAMPLES]]
     names = " + ".join(vt.model_info(m).arch for m in request.models)
-    multi = request.options.get("multi_scale", False)
-    scales = ",".join(map(str, vt.test_scales_for(request.models[0], request.options.get("scales"), multi=multi)))
-    method = f"dense, merged at IoU >= {threshold:g} ({picked})"
+    scales = ",".join(map(str, sorted({q for m in request.models for q in loc_scales(request, m)})))
+    method = (f"dense, OverFeat's merge below a match score of {threshold:g}" if rule == "overfeat" else
+              f"dense, most support, merged at IoU >= {threshold:g}") + f" ({picked})"
     return [LocResult(method + ", top-1", names, scales, len(guesses), wrong1, seconds, top1_boxes),
             LocResult(method + ", top-5", names, scales, len(guesses), wrong5, seconds)]
 
