@@ -13,6 +13,7 @@ from ...errors import VggtkError
 from .base import SPLITS, Source
 from .fashion_mnist import FASHION_MNIST_ROOT, fashion_mnist, read_idx
 from .files import image_folder, image_list
+from .garments_in_scenes import garments_in_scenes
 from .garments_on_photos import garments_on_photos
 from .labelme_composites import localisation_source
 
@@ -23,6 +24,9 @@ PACKAGED = {
                                           "scikit-image photos)"),
     "garments-on-photos": (garments_on_photos, "Fashion-MNIST garments pasted on real photos, exact boxes: a "
                                                "localisation set big enough to measure (56x56 RGB PNG)"),
+    "garments-in-scenes": (garments_in_scenes, "Fashion-MNIST garments of any size anywhere on real photos, half "
+                                               "with a distractor of another class: a localisation set where "
+                                               "the paper's protocols differ (128x128 RGB PNG)"),
 }
 
 

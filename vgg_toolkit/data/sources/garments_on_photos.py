@@ -28,6 +28,20 @@ LICENCE = (FASHION_MNIST_LICENCE + " Backgrounds: scikit-image's bundled photos 
            "NASA, public domain; rocket: SpaceX, public domain; chelsea, coffee, grass, gravel, brick: CC0).")
 
 
+def paste(canvas: np.ndarray, pixels: np.ndarray, size: int, left: int, top: int, key: str) -> list[float]:
+    """Paste a 28 x 28 garment, scaled to ``size``, at (left, top) of an RGB canvas, in place: its ink (pixels
+    at least INK bright) replaces the photo. Returns the box of the pasted ink, exact."""
+    grey = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
+    mask = np.asarray(Image.fromarray((pixels >= INK).astype(np.uint8) * 255).resize((size, size),
+                                                                                    Image.NEAREST)) > 0
+    if not mask.any():
+        raise VggtkError(f"{key}: the garment has no pixel brighter than {INK}")
+    region = canvas[top:top + size, left:left + size]
+    region[mask] = grey[mask][:, None]
+    ys, xs = np.nonzero(mask)
+    return [float(left + xs.min()), float(top + ys.min()), float(left + xs.max() + 1), float(top + ys.max() + 1)]
+
+
 @dataclass(frozen=True)
 class GarmentRef:
     key: str
@@ -45,16 +59,8 @@ class GarmentRef:
         x, y = rng.uniform(0, photo.size[0] - side), rng.uniform(0, photo.size[1] - side)
         canvas = np.array(photo.resize((SIDE, SIDE), Image.BILINEAR, box=(x, y, x + side, y + side)))
         size = int(rng.integers(GARMENT[0], GARMENT[1] + 1))
-        grey = np.asarray(Image.fromarray(self.pixels).resize((size, size), Image.BILINEAR))
-        mask = np.asarray(Image.fromarray((self.pixels >= INK).astype(np.uint8) * 255).resize((size, size),
-                                                                                             Image.NEAREST)) > 0
-        if not mask.any():
-            raise VggtkError(f"{self.key}: the garment has no pixel brighter than {INK}")
         left, top = int(rng.integers(0, SIDE - size + 1)), int(rng.integers(0, SIDE - size + 1))
-        region = canvas[top:top + size, left:left + size]
-        region[mask] = grey[mask][:, None]
-        ys, xs = np.nonzero(mask)
-        box = [float(left + xs.min()), float(top + ys.min()), float(left + xs.max() + 1), float(top + ys.max() + 1)]
+        box = paste(canvas, self.pixels, size, left, top, self.key)
         out = io.BytesIO()
         Image.fromarray(canvas).save(out, "PNG", compress_level=9)
         return Record(self.key, out.getvalue(), "png", self.label, [box], [self.label],
