@@ -372,9 +372,9 @@ class Boxes(Windows):
         return out.view(n, -1, rows, cols)
 
 
-def test_protocol_two_on_hand_built_nets_with_known_answers(host, tmp_path):
-    from vgg_toolkit.plugins.localisation.evaluate import protocol_dense
-
+@pytest.fixture
+def hand_built(host):
+    """Builds the hand-made nets above, registered as "ranking" and "boxes", with the bundled shards' info."""
     class Plugin:
         @vt.hookimpl
         def vggtk_register_architectures(self, register):
@@ -390,6 +390,13 @@ def test_protocol_two_on_hand_built_nets_with_known_answers(host, tmp_path):
                                                head=head)
         return vt.set_model_info(model, info)
 
+    return built, manifest
+
+
+def test_protocol_two_on_hand_built_nets_with_known_answers(hand_built, tmp_path):
+    from vgg_toolkit.plugins.localisation.evaluate import protocol_dense
+
+    built, manifest = hand_built
     vt.save_weights(built("ranking", "classification"), tmp_path / "ranking.safetensors")  # --classifier
     request = vt.EvalRequest([built("boxes", "pcr")], ["boxes"], manifest, "test", None, {"scales": [96]},
                              plugin_options={"classifier": tmp_path / "ranking.safetensors"})
@@ -537,24 +544,10 @@ def test_the_paper_pair_of_scales_for_protocol_two(host):
     assert _single_scale(request({"scales": (128, 96)}), model) == 128
 
 
-def test_protocol_two_runs_the_classifier_once_per_image_and_scale_for_every_head(host, tmp_path):
+def test_protocol_two_runs_the_classifier_once_per_image_and_scale_for_every_head(hand_built, tmp_path):
     from vgg_toolkit.plugins.localisation.evaluate import protocol_dense
 
-    class Plugin:
-        @vt.hookimpl
-        def vggtk_register_architectures(self, register):
-            register("ranking", Ranking)
-            register("boxes", Boxes)
-
-    host.register(Plugin(), "hand-built")
-    manifest = vt.Manifest.load(SHARDS)
-
-    def built(arch, head):
-        model = vt.create_model(arch, num_classes=7 * (4 if head == "pcr" else 1), input_size=64)
-        info = vt.model_info(model).trained_on(manifest.classes, vt.TrainScale(96, 96), manifest.stats.mean_rgb_255,
-                                               head=head)
-        return vt.set_model_info(model, info)
-
+    built, manifest = hand_built
     vt.save_weights(built("ranking", "classification"), tmp_path / "ranking.safetensors")
     calls = []
     original = Ranking.forward
