@@ -27,8 +27,8 @@ from ...errors import VggtkError
 from ..shards.records import Record
 from .base import Source
 from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_LICENCE, fashion_mnist_arrays, from_shards
-from .garments_on_photos import paste
-from .labelme_composites import LABELME_ROOT, _background, _skimage_dir
+from .garments_on_photos import paste, photo_canvas
+from .labelme_composites import LABELME_ROOT, _skimage_dir
 
 SIDE = 128
 GARMENT = (24, 112)  # the main garment's side, log-uniform, in pixels of the 128-pixel image
@@ -73,10 +73,7 @@ class SceneRef:
 
     def load(self) -> Record:
         rng = np.random.default_rng(self.seed)
-        photo = _background(self.background)
-        side = min(photo.size) * rng.uniform(0.3, 1.0)
-        x, y = rng.uniform(0, photo.size[0] - side), rng.uniform(0, photo.size[1] - side)
-        canvas = np.array(photo.resize((SIDE, SIDE), Image.BILINEAR, box=(x, y, x + side, y + side)))
+        canvas = photo_canvas(rng, self.background, SIDE)
         main, second = layout(rng, self.other is not None)
         boxes, labels = [paste(canvas, self.pixels, *main, self.key)], [self.label]
         if second is not None:

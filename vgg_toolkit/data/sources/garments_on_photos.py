@@ -28,6 +28,14 @@ LICENCE = (FASHION_MNIST_LICENCE + " Backgrounds: scikit-image's bundled photos 
            "NASA, public domain; rocket: SpaceX, public domain; chelsea, coffee, grass, gravel, brick: CC0).")
 
 
+def photo_canvas(rng: np.random.Generator, background: str, side: int) -> np.ndarray:
+    """A random square crop of the photo, 30-100% of its shorter side, scaled to side x side RGB."""
+    photo = _background(background)
+    crop = min(photo.size) * rng.uniform(0.3, 1.0)
+    x, y = rng.uniform(0, photo.size[0] - crop), rng.uniform(0, photo.size[1] - crop)
+    return np.array(photo.resize((side, side), Image.BILINEAR, box=(x, y, x + crop, y + crop)))
+
+
 def paste(canvas: np.ndarray, pixels: np.ndarray, size: int, left: int, top: int, key: str) -> list[float]:
     """Paste a 28 x 28 garment, scaled to ``size``, at (left, top) of an RGB canvas, in place: its ink (pixels
     at least INK bright) replaces the photo. Returns the box of the pasted ink, exact."""
@@ -53,11 +61,7 @@ class GarmentRef:
 
     def load(self) -> Record:
         rng = np.random.default_rng(self.seed)
-        photo = _background(self.background)
-        # A random square crop of the photo, 30-100% of its shorter side, scaled to the image size.
-        side = min(photo.size) * rng.uniform(0.3, 1.0)
-        x, y = rng.uniform(0, photo.size[0] - side), rng.uniform(0, photo.size[1] - side)
-        canvas = np.array(photo.resize((SIDE, SIDE), Image.BILINEAR, box=(x, y, x + side, y + side)))
+        canvas = photo_canvas(rng, self.background, SIDE)
         size = int(rng.integers(GARMENT[0], GARMENT[1] + 1))
         left, top = int(rng.integers(0, SIDE - size + 1)), int(rng.integers(0, SIDE - size + 1))
         box = paste(canvas, self.pixels, size, left, top, self.key)
