@@ -16,7 +16,7 @@ LAYERS = [
     {"hookspecs", "contract", "runtime"},
     {"host"},
     {"data", "models"},
-    {"evaluation"},
+    {"evaluation", "losses"},
     {"train"},
     {"cli"},
     {"__init__", "__main__"},

@@ -68,7 +68,7 @@ def test_the_installed_wheel_imports_everything_and_runs(wheel, tmp_path):
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == str(["augment", "classification", "compare", "evaluators", "export", "localisation",
-                                      "transfer", "triton_backend", "vgg"])
+                                      "perceptual", "transfer", "triton_backend", "vgg"])
     models = subprocess.run([str(venv / "bin" / "vggtk"), "models"], capture_output=True, text=True, env=env,
                             timeout=300, cwd=tmp_path)
     assert models.returncode == 0 and "138,357,544" in models.stdout, models.stderr[-2000:]

@@ -23,7 +23,7 @@ from .contract.task import AuxiliaryOutputs, BoxTargets, EvalRequest, Head, task
 from .data.batched import BatchGeometry
 from .data.bundled import resolve_data
 from .data.draws import normals, normals_batch, uniforms
-from .data.decode import LazyImage, add_offset, crop, hflip, image_channels, image_size, read_image, resize
+from .data.decode import IMAGE_SUFFIXES, LazyImage, add_offset, crop, hflip, image_channels, image_size, read_image, resize
 from .data.errors import DataError, check_policy
 from .data.loader import make_loader, normalize_on_device, read_split
 from .data.shards.manifest import Manifest
@@ -39,6 +39,7 @@ from .models.factory import create_model, list_models, prepare_model
 from .models.forms import model_form, require_fully_conv
 from .models.layers import BatchSlicedDropout
 from .models.stats import model_stats
+from .losses import LPIPS, VGGFeatures, gram, perceptual_loss, read_heads as read_lpips_heads, style_loss
 from .models.catalogue import find_entry as find_weights
 from .models.imagenet import class_label, imagenet_classes
 from .models.trained import initialise_from, load_trained, weights_digest
@@ -59,13 +60,15 @@ __all__ = [
     "save_weights", "read_model_info", "save_safetensors", "model_stats", "model_form", "require_fully_conv",
     "BatchSlicedDropout", "ModelInfo", "Preprocessing", "parse_preprocess", "PREPROCESS_HELP", "model_info", "find_model_info", "set_model_info",
     "FullyConvolutional", "FeatureTaps", "WeightLayouts", "WarmStart", "ReceptiveField", "FinetuneScopes",
+    # VGG as a loss
+    "VGGFeatures", "perceptual_loss", "style_loss", "gram", "LPIPS", "read_lpips_heads",
     # boxes
     "CORRECT_IOU", "box_area", "encode_boxes", "decode_boxes", "iou", "main_box",
     # scales and test-time geometry
     "TrainScale", "parse_test_scales", "rescale", "rescaled_size", "grid_positions", "crop_at", "center_crop", "center_trim", "dense_input", "center_view", "center_view_boxes", "boxes_from_center_view", "test_scales_for",
     # data
     "Manifest", "resolve_data", "read_split", "make_loader", "normalize_on_device",
-    "BatchGeometry", "uniforms", "normals", "normals_batch", "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size", "image_channels", "read_image",
+    "BatchGeometry", "uniforms", "normals", "normals_batch", "LazyImage", "resize", "crop", "hflip", "add_offset", "image_size", "image_channels", "read_image", "IMAGE_SUFFIXES",
     # evaluation
     "get_evaluator", "run_evaluation", "evaluate_on_shards", "ensemble_posteriors", "EvalResult",
     "check_fits_data", "check_same_classes", "input_preprocessing", "class_columns", "feeds_for", "Feed", "print_results", "write_json", "topk_errors", "topk_misses",

@@ -22,7 +22,6 @@ from .evaluate import HEADS
 
 PREDICTIONS = "predictions"
 CSV_MARK = f"# written_by: vggtk; vggtk_kind: {PREDICTIONS}\n"  # a CSV's one place for the mark: a comment
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 WEIGHTS_SUFFIXES = {".safetensors", ".pth", ".pt", ".caffemodel"}
@@ -39,7 +38,7 @@ def image_files(paths: list[Path]) -> list[Path]:
     found = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in vt.IMAGE_SUFFIXES and p.is_file())
         elif path.is_file():
             found.append(path)
         else:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import VggtkError
 
-COMMANDS = ("train", "eval", "extract-features")
+COMMANDS = ("train", "eval", "extract-features", "distance")
 TARGETS = ("runtime", "model")
 TYPES = (int, float, str, bool)
 

@@ -24,6 +24,9 @@ from PIL import Image
 
 from .errors import DataError
 
+# The files taken for images when a folder is read: what PIL decodes that cameras and tools write.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
 
 def decode_failure(exc: Exception) -> str:
     """Why an image did not decode, in words that name no Python object."""

@@ -13,12 +13,11 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from ...errors import VggtkError
-from ..decode import SIXTEEN_BIT, decode_failure, to_8bit
+from ..decode import IMAGE_SUFFIXES, SIXTEEN_BIT, decode_failure, to_8bit
 from ..shards.records import Record, safe_key
 from .base import SPLITS, Source
 
 ORIENTATION = 0x0112  # the EXIF tag of how the camera was turned
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def _encode_as_stored(path: Path) -> tuple[bytes, str]:
@@ -90,7 +89,7 @@ def image_folder(root: str | Path) -> Source:
             if not folder.is_dir():
                 continue
             for path in sorted(folder.rglob("*")):
-                if path.suffix.lower() in _IMAGE_SUFFIXES and path.is_file():
+                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                     found.append((path, index[cls], split, str(path.relative_to(root).with_suffix(""))))
     if not found:
         raise VggtkError(f"{root}: no images in the class subfolders")
