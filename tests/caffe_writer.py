@@ -5,7 +5,6 @@ sits in memory twice."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import BinaryIO, Iterable
 

@@ -108,8 +108,8 @@ def test_a_third_party_net_and_head_train_through_the_command_line(trained, shar
 
 def test_a_third_party_net_evaluates_and_gives_transfer_features(installed, trained, shards, tmp_path):
     run_dir, _ = trained
-    out = run(installed, "eval", run_dir / "best", "--data", shards, "--methods", "center,dense,multicrop",
-              "--out", tmp_path / "eval.json")
+    run(installed, "eval", run_dir / "best", "--data", shards, "--methods", "center,dense,multicrop",
+        "--out", tmp_path / "eval.json")
     rows = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert [r["config"] for r in rows] == ["poolnet"] * 3 and all(r["top1_err_pct"] < 50 for r in rows)
     run(installed, "extract-features", run_dir / "best", "--data", shards, "--splits", "test", "--tap", "pool",
