@@ -408,7 +408,7 @@ def _steps(run: Path) -> list[dict]:
 
 def phase_cli(args, device: str, rows: Rows) -> None:
     """Every CUDA path a user takes, once: training with each conv backend, the device's JPEG decode,
-    evaluation, prediction. A command that fails is a failed row with its last lines."""
+    evaluation, prediction, perceptual distance. A command that fails is a failed row with its last lines."""
     work = Path(tempfile.mkdtemp(prefix="vggtk-gpu-cli-"))
     data, photos, size = "shards/fashion-mnist", "shards/localisation", []
     if args.tiny:  # a tiny set, so the rehearsal stays short
@@ -462,6 +462,25 @@ def phase_cli(args, device: str, rows: Rows) -> None:
                                  "--out", str(work / "predictions.json"))
     rows.add(dict(command="predict (4 bundled photos)", ok=code == 0, seconds=seconds, images_per_s=None, steps=0,
                   tail="" if code == 0 else said[-400:]))
+    # The perceptual distance through each conv backend: the same photos, JPEG-compressed, at one tap.
+    compressed = work / "compressed"
+    compressed.mkdir()
+    for picture in pictures.iterdir():
+        Image.open(picture).save(compressed / f"{picture.stem}.jpg", quality=30)
+    distances = {}
+    for backend in ("torch", "triton"):
+        code, seconds, said = _vggtk(args, "distance", str(pictures), str(compressed), "--weights", str(run / "best"),
+                                     "--metric", "features:relu3_2", "--size", "32", "--json", "--device", device,
+                                     "--conv-backend", backend)
+        if code == 0:
+            report = json.JSONDecoder().raw_decode(said)[0]  # stdout's JSON comes first, stderr's notices after
+            distances[backend] = [p["distance"] for p in report["pairs"]]
+        rows.add(dict(command=f"distance --conv-backend {backend}", ok=code == 0, seconds=seconds, images_per_s=None,
+                      steps=0, tail="" if code == 0 else said[-400:]))
+    if len(distances) == 2:
+        worst = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(distances["torch"], distances["triton"]))
+        rows.add(dict(command="distances, triton against torch", ok=worst < 1e-3, seconds=0.0, images_per_s=None,
+                      steps=len(distances["torch"]), tail=f"largest relative difference {worst:.2e} (fp32)"))
 
 
 def table_cli(rows: list[dict]) -> list[str]:

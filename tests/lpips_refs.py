@@ -29,6 +29,8 @@ def reference_taps(sd: dict, x: torch.Tensor) -> list[torch.Tensor]:
             index += 2
             if index - 1 in (3, 8, 15, 22, 29):  # the ReLU (index - 1) that ends each slice
                 out.append(x)
+                if len(out) == 5:  # the reference's last slice ends at relu5_3: pool5 never runs
+                    return out
     return out
 
 

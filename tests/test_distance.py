@@ -82,7 +82,7 @@ def test_a_tap_distance_is_one_minus_the_cosine_averaged_over_positions_on_the_r
 
 
 def test_size_resizes_both_and_a_photo_is_nearer_itself_at_another_size_than_another_photo(photos, tmp_path):
-    root, _, _ = photos
+    root, sd, heads = photos
     big = tmp_path / "chelsea-96.png"
     Image.open(root / "a" / "chelsea.png").resize((96, 72), Image.BICUBIC).save(big)
     args = ["--weights", root / "vgg16.pth", "--lpips-heads", root / "vgg.pth", "--json"]
@@ -93,6 +93,13 @@ def test_size_resizes_both_and_a_photo_is_nearer_itself_at_another_size_than_ano
     assert same.exit_code == 0 and other.exit_code == 0, same.output + other.output
     near, far = (json.loads(r.stdout)["pairs"][0]["distance"] for r in (same, other))
     assert 0 < near < far
+    # 16 pixels leave relu5_3 one position, as in the reference, which never runs the pool after it.
+    Image.open(root / "a" / "chelsea.png").resize((16, 16), Image.BILINEAR).save(tmp_path / "x16.png")
+    Image.open(big).resize((16, 16), Image.BILINEAR).save(tmp_path / "y16.png")
+    smallest = vggtk("distance", tmp_path / "x16.png", tmp_path / "y16.png", *args)
+    assert smallest.exit_code == 0, smallest.output
+    want = float(reference_lpips(sd, heads, 2 * pixels(tmp_path / "x16.png") - 1, 2 * pixels(tmp_path / "y16.png") - 1))
+    assert json.loads(smallest.stdout)["pairs"][0]["distance"] == pytest.approx(want, rel=1e-5)
 
 
 def test_the_refused_inputs_each_say_one_line(photos, tmp_path):

@@ -48,7 +48,8 @@ def test_the_gpu_check_runs_end_to_end_and_keeps_every_phase_when_one_fails(tmp_
     assert [r["command"] for r in cli] == ["train --conv-backend torch", "train --conv-backend triton",
                                           "loss curves, triton against torch", "train --decode device (bundled photos)",
                                           "eval --methods dense", "eval --methods multicrop",
-                                          "predict (4 bundled photos)"]
+                                          "predict (4 bundled photos)", "distance --conv-backend torch",
+                                          "distance --conv-backend triton", "distances, triton against torch"]
     assert all(r["ok"] for r in cli), cli
     assert "- refused by the device decoder (decoded by the workers' code instead): 0 of 64" in out
 

@@ -188,3 +188,21 @@ def test_the_readme_style_transfer_step_runs_on_the_bundled_photos_and_lowers_it
     losses = [float(line.rsplit(" ", 1)[1]) for line in capsys.readouterr().out.splitlines()
               if line.startswith("step ")]
     assert len(losses) == 10 and all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels at VGG16's full width need a GPU "
+                    "(Triton's interpreter takes about ten minutes for one 16x16 pair)")
+def test_lpips_through_the_fused_triton_kernels_gives_the_torch_paths_distances_and_input_gradients(lpips_files):
+    root, _, heads = lpips_files
+    a, b = (x.cuda() for x in photo_pair(64))
+    results = {}
+    for backend in ("torch", "triton"):
+        trunk = vt.load_trained(root / "vgg16.pth", "cuda", {"conv_backend": backend}, command="distance", say=None)
+        assert len(vt.model_info(trunk).runtime.get("fused_convs", [])) == (13 if backend == "triton" else 0)
+        x = a.clone().requires_grad_(True)
+        distance = vt.LPIPS(trunk, heads).cuda()(x, b, normalize=True)
+        distance.sum().backward()
+        results[backend] = (distance.detach(), x.grad)
+    (d0, g0), (d1, g1) = results["torch"], results["triton"]
+    assert torch.allclose(d1, d0, rtol=1e-3) and float((g1 - g0).abs().max() / g0.abs().max()) < 1e-2

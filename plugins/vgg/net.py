@@ -243,6 +243,8 @@ class VGG(nn.Module):
                     out[tap] = x.clone()  # the in-place ReLU that follows must not alter the tap
                 else:
                     out[tap] = x
+                if wanted <= out.keys():  # the rest of the block (its pool) may need more pixels than are left
+                    return out
             if bname in wanted:
                 out[bname] = x
             if wanted <= out.keys():
