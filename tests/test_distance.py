@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vgg_toolkit as vt
 from cli_runner import input_error, vggtk
 from lpips_refs import IMAGENET_MEAN, IMAGENET_STD, reference_lpips, reference_taps, unit, write_lpips_files
 from pretrained_refs import real_photos
@@ -134,6 +135,17 @@ def test_the_refused_inputs_each_say_one_line(photos, tmp_path):
     torch.save(torchvision_state(11, classes=10, fc=32), tmp_path / "vgg11.pth")
     assert "trunk is VGG16" in input_error(vggtk("distance", root / "a", root / "b", "--weights",
                                                  tmp_path / "vgg11.pth", "--lpips-heads", root / "vgg.pth"))
+    # a net trained on grey images: LPIPS refuses it, a tap's distance reads the photos grey
+    grey = vt.create_model("vgg-d", num_classes=10, in_chans=1, fc_dim=32)
+    vt.set_model_info(grey, vt.model_info(grey).trained_on(None, vt.TrainScale(256, 256), [120.0]))
+    vt.save_weights(grey, tmp_path / "grey.safetensors")
+    assert "trunk takes RGB images; this VGG16 takes 1 channel(s)" in input_error(
+        vggtk("distance", root / "a", root / "b", "--weights", tmp_path / "grey.safetensors", "--lpips-heads",
+              root / "vgg.pth"))
+    read_grey = vggtk("distance", root / "a", root / "b", "--weights", tmp_path / "grey.safetensors", "--metric",
+                      "features:relu2_1", "--json")
+    assert read_grey.exit_code == 0, read_grey.output
+    assert all(0 < p["distance"] < 2 for p in json.loads(read_grey.stdout)["pairs"])
     # images too small for relu5_3, sizes out of range, a target that is not vggtk's
     Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
     assert "tiny.png: 8x8 is too small for lpips" in input_error(

@@ -114,6 +114,8 @@ def test_features_take_any_input_range_apply_the_record_and_pass_gradients_to_th
     by_range["0-1"](image)["pool3"].sum().backward()
     assert image.grad is not None and float(image.grad.abs().sum()) > 0
     assert not any(p.requires_grad for p in trunk.parameters()) and not trunk.training
+    with pytest.raises(vt.VggtkError, match="the net takes 3-channel images, got 1 channels"):
+        by_range["0-1"](a[:, :1])
     with pytest.raises(vt.VggtkError, match="unknown tap.*relu3_4"):
         vt.VGGFeatures(trunk, ["relu3_4"])
 

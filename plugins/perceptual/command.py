@@ -102,6 +102,7 @@ class Metric:
                 raise vt.VggtkError(f"--metric features:{tap}: {exc}") from None
             self.name = f"features:{tap}"
         self.tap = tap
+        self.channels = vt.model_info(net).in_chans or 3  # a net trained on grey images reads them grey
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> tuple[float, dict[str, float]]:
         with torch.no_grad():
@@ -113,8 +114,8 @@ class Metric:
             return float(total[0]), {}
 
 
-def _read(path: Path, size: int | None, device: torch.device) -> torch.Tensor:
-    image = vt.read_image(path, 3)
+def _read(path: Path, size: int | None, channels: int, device: torch.device) -> torch.Tensor:
+    image = vt.read_image(path, channels)
     if size is not None:
         image = vt.resize(image, size, size)
     return image.to(device=device, dtype=torch.float32).div_(255)[None]
@@ -173,7 +174,7 @@ def distance_command(
         task = bar.add_task("distance", total=len(pairs))
         for pa, pb in pairs:
             try:
-                xa, xb = _read(pa, size, dev), _read(pb, size, dev)
+                xa, xb = (_read(p, size, measure.channels, dev) for p in (pa, pb))
             except vt.VggtkError as exc:
                 if on_error == "fail":
                     raise

@@ -59,6 +59,7 @@ class VGGFeatures(nn.Module):
         if unknown:
             raise VggtkError(f"unknown tap(s) {', '.join(unknown)}; known: {', '.join(net.feature_taps)}")
         self.input_range = check_range(input_range)
+        self.channels = model_info(net).in_chans or 3
         self.preprocessing = preprocessing or model_info(net).input_preprocessing()
         self.net = freeze(net)
 
@@ -68,5 +69,7 @@ class VGGFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if images.dim() != 4 or not images.is_floating_point():
             raise VggtkError(f"expected float images N x C x H x W, got {tuple(images.shape)} {images.dtype}")
+        if images.shape[1] != self.channels:
+            raise VggtkError(f"the net takes {self.channels}-channel images, got {images.shape[1]} channels")
         x = self.preprocessing.apply(to_pixels(images, self.input_range), dtype=images.dtype)
         return self.net.forward_features(x, self.taps)

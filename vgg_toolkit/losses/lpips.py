@@ -80,6 +80,8 @@ class LPIPS(nn.Module):
         if info.arch != "vgg-d" or info.options.get("batch_norm") or info.options.get("lrn"):
             raise VggtkError(f"LPIPS-VGG's trunk is VGG16 (vgg-d, no BatchNorm); got {info.arch}"
                              f"{' with BatchNorm' if info.options.get('batch_norm') else ''}")
+        if (info.in_chans or 3) != 3:
+            raise VggtkError(f"LPIPS-VGG's trunk takes RGB images; this VGG16 takes {info.in_chans} channel(s)")
         heads = read_heads(heads) if not isinstance(heads, list) else heads
         for i, (head, channels) in enumerate(zip(heads, CHANNELS)):
             if tuple(head.shape) != (1, channels, 1, 1):
