@@ -129,6 +129,8 @@ def test_the_refused_inputs_each_say_one_line(photos, tmp_path):
         vggtk("distance", root / "a", root / "b", *w, "--metric", "ssim"))
     assert "--metric features:relu3_4: unknown" in input_error(
         vggtk("distance", root / "a", root / "b", *w, "--metric", "features:relu3_4"))
+    assert "--metric 'features:fc7': a tap of the conv trunk" in input_error(
+        vggtk("distance", root / "a", root / "b", *w, "--metric", "features:fc7"))
     assert "--lpips-heads: only for --metric lpips" in input_error(
         vggtk("distance", root / "a", root / "b", *lp, "--metric", "features:relu2_2"))
     from pretrained_refs import torchvision_state

@@ -24,6 +24,7 @@ CSV_MARK = f"# written_by: vggtk; vggtk_kind: {DISTANCES}\n"  # a CSV's one plac
 DEFAULT_WEIGHTS = "vgg16-torchvision"  # the trunk the reference LPIPS was trained on
 LPIPS_HEADS_IN_PACKAGE = Path("weights", "v0.1", "vgg.pth")
 MAX_SIZE = 8192
+FC_TAPS = ("fc6", "fc7", "logits")
 
 
 def parse_metric(text: str) -> tuple[str, str | None]:
@@ -31,6 +32,9 @@ def parse_metric(text: str) -> tuple[str, str | None]:
     name, _, tap = text.partition(":")
     if name == "lpips" and not tap:
         return "lpips", None
+    if name == "features" and tap in FC_TAPS:
+        raise vt.VggtkError(f"--metric {text!r}: a tap of the conv trunk (reluB_K, convB_K, poolB, blockB), whose "
+                            f"maps take any image size; {tap} needs the net's own input size")
     if name == "features" and tap:
         return "features", tap
     raise vt.VggtkError(f"--metric {text!r}: lpips, or features:TAP (e.g. features:relu3_3)")
