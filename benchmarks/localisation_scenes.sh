@@ -5,7 +5,7 @@
 # fine-tuned from it (all layers, and the FC layers only) for each seed; each tested with protocol 1 (the
 # centre crop), protocol 2 single- and multi-scale ({S-32, S}) with OverFeat's merge and with the earlier
 # most-supported rule; and the centre-box and Grad-CAM baselines, in the same run.
-#   benchmarks/localisation_scenes.sh OUT_DIR [SCALE=1.0] [SEEDS="0 1"]
+#   benchmarks/localisation_scenes.sh OUT_DIR [SCALE=1.0] [SEEDS="0 1"] [MERGES="overfeat support"] [PARTS="all fc"]
 # SCALE multiplies the set's sizes (8,000 / 1,000 / 2,000) and epochs: 0.1 is the pilot. A step whose result
 # is already in OUT_DIR is kept and a cut-off training resumes from its newest checkpoint, so an interrupted
 # run picks up where it stopped and more seeds can be added to a finished one with the same classifier.
@@ -13,6 +13,8 @@ set -euo pipefail
 OUT=${1:?usage: benchmarks/localisation_scenes.sh OUT_DIR [SCALE] [SEEDS]}
 SCALE=${2:-1.0}
 SEEDS=${3:-"0 1"}
+MERGES=${4:-"overfeat support"}  # protocol 2's merges to test each head with (support: the earlier rule)
+PARTS=${5:-"all fc"}  # what the heads fine-tune: all layers, the FC layers only
 V=${VGGTK:-.venv/bin/vggtk}
 mkdir -p "$OUT"
 log() { echo "$(date -u +%FT%TZ) $*" | tee -a "$OUT/timeline.txt"; }
@@ -43,7 +45,7 @@ $V train --data "$OUT/shards" --config "$OUT/classifier.toml" --run-dir "$OUT/cl
 }
 for seed in $SEEDS; do
   for head in scr pcr; do
-    for part in all fc; do
+    for part in $PARTS; do
       trained "$OUT/$head-$part-$seed" || {
       log "$head $part seed $seed"
       $V train --data "$OUT/shards" --config "$OUT/net.toml" --run-dir "$OUT/$head-$part-$seed" --head "$head" \
@@ -51,7 +53,7 @@ for seed in $SEEDS; do
       }
       for scales in single multi; do
         extra=$([ "$scales" = multi ] && echo --multi-scale || true)
-        for merge in overfeat support; do
+        for merge in $MERGES; do
           kept "$OUT/eval-$head-$part-$seed-$scales-$merge.json" && continue
           log "eval $head $part seed $seed $scales $merge"
           $V eval "$OUT/$head-$part-$seed/best" --data "$OUT/shards" --task localisation --methods center,dense \
