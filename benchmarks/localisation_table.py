@@ -19,6 +19,7 @@ COLUMNS = [("protocol 1 (centre)", "single", "overfeat", "centre"),
            ("P2 single, OverFeat, top-5", "single", "overfeat", "top-5"),
            ("P2 multi, OverFeat, top-1", "multi", "overfeat", "top-1"),
            ("P2 multi, OverFeat, top-5", "multi", "overfeat", "top-5"),
+           ("P2 single, most support, top-5", "single", "support", "top-5"),
            ("P2 multi, most support, top-5", "multi", "support", "top-5")]
 
 
