@@ -1,7 +1,7 @@
 """The Triton conv backend: on CUDA, swaps each conv3x3+ReLU (and conv1x1+ReLU) pair of a model
 for one fused Triton module that shares the conv's parameters, so state_dicts do not change.
 
-The ``conv_backend`` option it declares (``--conv-backend`` on train, eval and extract-features) picks it: "torch" leaves the model alone; "triton" fuses
+The ``conv_backend`` option it declares (``--conv-backend`` on train, eval, extract-features and distance) picks it: "torch" leaves the model alone; "triton" fuses
 every pair (and on a machine without CUDA is an error, except under TRITON_INTERPRET=1, which is
 how CI tests the swap); "auto" fuses on CUDA and lets each fused module time Triton against ATen
 once per input shape, keeping the faster.
