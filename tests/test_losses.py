@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vgg_toolkit as vt
-from lpips_refs import reference_lpips, reference_taps, unit, write_lpips_files
+from lpips_refs import IMAGENET_MEAN, IMAGENET_STD, reference_lpips, reference_taps, unit, write_lpips_files
 from pretrained_refs import real_photos
 
 @pytest.fixture(scope="module")
@@ -101,13 +101,8 @@ def test_features_take_any_input_range_apply_the_record_and_pass_gradients_to_th
     a, _ = photo_pair(32)
     by_range = {r: vt.VGGFeatures(trunk, ["relu2_2", "pool3"], input_range=r) for r in ("0-1", "-1-1", "0-255")}
     got = {r: f(x)["relu2_2"] for (r, f), x in zip(by_range.items(), (a, 2 * a - 1, 255 * a))}
-    # torchvision's record: (x - mean) / std on 0-1 pixels, then the trunk up to relu2_2 (index 8).
-    x = (a - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    for index in (0, 2):
-        x = F.relu(F.conv2d(x, sd[f"features.{index}.weight"], sd[f"features.{index}.bias"], padding=1))
-    x = F.max_pool2d(x, 2, 2)
-    for index in (5, 7):
-        x = F.relu(F.conv2d(x, sd[f"features.{index}.weight"], sd[f"features.{index}.bias"], padding=1))
+    # torchvision's record: (x - mean) / std on 0-1 pixels; relu2_2 ends the reference's second slice.
+    x = reference_taps(sd, (a - IMAGENET_MEAN) / IMAGENET_STD)[1]
     for r in got:
         assert torch.allclose(got[r], x, rtol=1e-4, atol=1e-5), r
     image = a.clone().requires_grad_(True)

@@ -94,7 +94,7 @@ class Metric:
     """One of the two metrics, on a loaded net: ``metric(a, b)`` for float RGB images in [0, 1] of one size
     -> (distance, per-layer terms)."""
 
-    def __init__(self, kind: str, tap: str | None, net: torch.nn.Module, heads: Path | None):
+    def __init__(self, kind: str, tap: str | None, net: torch.nn.Module, heads: list[torch.Tensor] | None):
         self.kind = kind
         if kind == "lpips":
             self.module = vt.LPIPS(net, heads)
@@ -151,13 +151,13 @@ def distance_command(
     kind, tap = parse_metric(metric)
     if size is not None and not 16 <= size <= MAX_SIZE:
         raise vt.VggtkError(f"--size {size}: must be within 16..{MAX_SIZE}")
-    heads = None
+    heads = head_tensors = None
     if kind == "lpips":
         heads = lpips_heads or default_heads()
         if heads is None:
             raise vt.VggtkError("--metric lpips needs --lpips-heads FILE: LPIPS-VGG v0.1's 1x1 heads (the lpips "
                                 "package ships them as weights/v0.1/vgg.pth)")
-        vt.read_lpips_heads(heads)  # checked before the trunk is loaded, which may mean a download
+        head_tensors = vt.read_lpips_heads(heads)  # checked before the trunk is loaded, which may mean a download
     elif lpips_heads is not None:
         raise vt.VggtkError(f"--lpips-heads: only for --metric lpips, not {metric}")
     assume = vt.parse_preprocess(preprocess)
@@ -167,7 +167,7 @@ def distance_command(
     dev = vt.pick_device(device)
     net = vt.load_trained(weights, dev, plugin_options, command="distance", assume=assume)
     try:
-        measure = Metric(kind, tap, net, heads)
+        measure = Metric(kind, tap, net, head_tensors)
     except vt.VggtkError as exc:
         raise vt.VggtkError(exc if weights in str(exc) or kind != "lpips" else f"{weights}: {exc}") from None
     console = Console(soft_wrap=True)
